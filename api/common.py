@@ -1,0 +1,106 @@
+"""Helpers shared by the blueprints: services, request metadata, idempotent appends."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from typing import Any, Callable
+
+from flask import current_app, g, jsonify, request
+
+from domain.errors import IdempotencyMismatch, ValidationError
+from eventlog.bootstrap import Services
+from eventlog.runner import catch_up
+from eventlog.store import Command
+
+
+def svc() -> Services:
+    return current_app.extensions["tunelog"]
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def request_id() -> str:
+    rid = getattr(g, "request_id", None)
+    if rid is None:
+        rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        g.request_id = rid
+    return rid
+
+
+def metadata(correlation_id: str | None = None) -> dict[str, Any]:
+    rid = request_id()
+    return {"actor": g.principal.key_id, "request_id": rid, "correlation_id": correlation_id or rid,
+            "causation_id": request.headers.get("Idempotency-Key") or rid}
+
+
+def json_body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ValidationError("the request body must be a JSON object", param=None)
+    return body
+
+
+def fingerprint(parts: Any) -> str:
+    return hashlib.sha256(json.dumps([request.method, request.path, parts], sort_keys=True,
+                                     default=str).encode()).hexdigest()
+
+
+class Idempotent:
+    """Idempotency-Key handling: a retry returns the first response and appends nothing."""
+
+    def __init__(self, parts: Any):
+        key = request.headers.get("Idempotency-Key")
+        self.command_id = f"{g.principal.key_id}:{key}" if key else None
+        self.request_hash = fingerprint(parts)
+
+    def replay(self):
+        """The stored response if this key was used before (None otherwise)."""
+        if not self.command_id:
+            return None
+        row = svc().store.lookup_command(self.command_id)
+        if row is None:
+            return None
+        if row["request_hash"] != self.request_hash:
+            raise IdempotencyMismatch("this Idempotency-Key was already used with a different request",
+                                      param="Idempotency-Key")
+        return self.respond(row["response"], replayed=True)
+
+    def command(self, status: int, body: dict[str, Any]) -> Command | None:
+        if not self.command_id:
+            return None
+        return Command(self.command_id, self.request_hash, {"status": status, "body": body})
+
+    @staticmethod
+    def respond(stored: dict[str, Any], replayed: bool = False):
+        resp = jsonify(stored["body"])
+        resp.status_code = stored["status"]
+        if replayed:
+            resp.headers["Idempotent-Replayed"] = "true"
+        return resp
+
+
+def append_and_respond(idem: Idempotent, status: int, body: dict[str, Any], do_append: Callable[[Command | None], Any]):
+    result = do_append(idem.command(status, body))
+    if result.duplicate:
+        return Idempotent.respond(result.response, replayed=True)
+    catch_up(svc().pool)  # read-your-writes: the read models include this append before we answer
+    resp = jsonify(body)
+    resp.status_code = status
+    return resp
+
+
+def page_limit(default: int = 20, maximum: int = 100) -> int:
+    raw = request.args.get("limit")
+    if raw is None:
+        return default
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ValidationError(f"limit must be an integer, got {raw!r}", param="limit") from None
+    if not 1 <= n <= maximum:
+        raise ValidationError(f"limit must be between 1 and {maximum}", param="limit")
+    return n

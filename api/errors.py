@@ -1,0 +1,47 @@
+"""One handler per exception family; every error is JSON {"error": {"code", "message", "param", "type"}}."""
+from __future__ import annotations
+
+import logging
+
+import psycopg
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from domain.errors import DomainError
+from eventlog.db import DatabaseUnavailable
+
+log = logging.getLogger("tunelog.api")
+
+
+def error_response(status: int, code: str | None, message: str, param: str | None = None, type_: str | None = None):
+    body = {"error": {"code": code, "message": message, "param": param,
+                      "type": type_ or ("invalid_request_error" if status < 500 else "server_error")}}
+    return jsonify(body), status
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(DomainError)
+    def _domain(e: DomainError):
+        return error_response(e.status, e.code, e.message, e.param)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(e):
+        limit = app.config.get("TUNELOG_MAX_UPLOAD_BYTES")
+        return error_response(413, "file_too_large", f"the request body is over the upload limit of {limit} bytes",
+                              "file")
+
+    @app.errorhandler(HTTPException)
+    def _http(e: HTTPException):
+        return error_response(e.code or 500, (e.name or "error").lower().replace(" ", "_"), e.description or e.name)
+
+    @app.errorhandler(DatabaseUnavailable)
+    @app.errorhandler(psycopg.OperationalError)
+    def _db(e):
+        return error_response(503, "database_unavailable", "the database is unreachable; try again shortly")
+
+    @app.errorhandler(Exception)
+    def _unexpected(e: Exception):
+        if type(e).__name__ == "PoolTimeout":
+            return error_response(503, "database_unavailable", "the database is unreachable; try again shortly")
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "internal server error")

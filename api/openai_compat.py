@@ -1,0 +1,393 @@
+"""The OpenAI-shaped routes: /v1/files, /v1/fine_tuning/jobs, /v1/models (DESIGN §3)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request
+
+from api.auth import require
+from api.common import Idempotent, append_and_respond, json_body, metadata, now, page_limit, svc
+from domain.configs import parse_method
+from domain.datasets import check_chat_jsonl
+from domain.errors import Conflict, NotFound, PayloadTooLarge, ValidationError
+from domain.events import (FileDeleted, FileUploaded, JobCreated, file_stream, job_stream)
+from domain.jobs import JobState, fold
+from eventlog.catalog import BASE_MODELS
+from eventlog.store import NewEvent
+
+bp = Blueprint("openai", __name__, url_prefix="/v1")
+
+SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+# ---- files --------------------------------------------------------------------------------------------
+def file_object(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "object": "file", "bytes": row["bytes"], "created_at": row["created_at"],
+            "filename": row["filename"], "purpose": row["purpose"], "status": "processed",
+            "status_details": None, "expires_at": None}
+
+
+def _get_file(file_id: str, param: str | None = None) -> dict[str, Any]:
+    with svc().pool.connection() as c:
+        row = c.execute("SELECT * FROM files WHERE id = %s AND project = %s", (file_id, g.principal.project)).fetchone()
+    if row is None:
+        if param:
+            raise ValidationError(f"invalid {param}: no file {file_id!r} in this project", param=param,
+                                  code="invalid_file")
+        raise NotFound(f"no such file: {file_id}", param="file_id")
+    return row
+
+
+@bp.post("/files")
+def upload_file():
+    require("admin", "trainer")
+    s = svc().settings
+    if request.content_length and request.content_length > s.max_upload_bytes + 64 * 1024:
+        raise PayloadTooLarge(f"the file is over the upload limit of {s.max_upload_bytes} bytes", param="file")
+    purpose = request.form.get("purpose")
+    upload = request.files.get("file")
+    if upload is None:
+        raise ValidationError("missing multipart field 'file'", param="file")
+    if purpose != "fine-tune":
+        raise ValidationError(f"purpose must be 'fine-tune', got {purpose!r}", param="purpose")
+    content = upload.read()
+    if len(content) > s.max_upload_bytes:
+        raise PayloadTooLarge(f"the file is {len(content)} bytes, over the upload limit of {s.max_upload_bytes}",
+                              param="file")
+    sha = hashlib.sha256(content).hexdigest()
+    filename = Path(upload.filename or "upload.jsonl").name
+    idem = Idempotent({"purpose": purpose, "filename": filename, "sha256": sha})
+    replay = idem.replay()
+    if replay is not None:
+        return replay
+    from api.tokens import counter
+
+    max_ctx = max(m.context_length for m in BASE_MODELS.values())
+    report = check_chat_jsonl(content, min_examples=s.min_examples, max_tokens=max_ctx,
+                              count_tokens=counter(s.model_dir))
+    file_id = "file-" + uuid.uuid4().hex[:24]
+    ev = FileUploaded(id=file_id, project=g.principal.project, filename=filename, purpose=purpose,
+                      bytes=len(content), sha256=sha, created_at=now(), stats=report.stats())
+    with svc().pool.connection() as c:
+        c.execute("INSERT INTO blobs (sha256, content) VALUES (%s, %s) ON CONFLICT DO NOTHING", (sha, content))
+    body = file_object(ev.to_data())
+    return append_and_respond(idem, 200, body, lambda cmd: svc().store.append(
+        file_stream(file_id), 0, [NewEvent(ev.type, ev.to_data(), metadata(file_id))], command=cmd))
+
+
+@bp.get("/files")
+def list_files():
+    limit = page_limit(default=10000, maximum=10000)
+    purpose = request.args.get("purpose")
+    sql = "SELECT * FROM files WHERE project = %s"
+    params: list[Any] = [g.principal.project]
+    if purpose:
+        sql += " AND purpose = %s"
+        params.append(purpose)
+    after = request.args.get("after")
+    if after:
+        sql += " AND (created_at, id) < (SELECT created_at, id FROM files WHERE id = %s)"
+        params.append(after)
+    sql += " ORDER BY created_at DESC, id DESC LIMIT %s"
+    params.append(limit + 1)
+    with svc().pool.connection() as c:
+        rows = c.execute(sql, params).fetchall()
+    data = [file_object(r) for r in rows[:limit]]
+    return jsonify({"object": "list", "data": data, "has_more": len(rows) > limit,
+                    "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
+
+
+@bp.get("/files/<file_id>")
+def get_file(file_id: str):
+    return jsonify(file_object(_get_file(file_id)))
+
+
+@bp.get("/files/<file_id>/content")
+def file_content(file_id: str):
+    row = _get_file(file_id)
+    with svc().pool.connection() as c:
+        blob = c.execute("SELECT content FROM blobs WHERE sha256 = %s", (row["sha256"],)).fetchone()
+    return Response(bytes(blob["content"]), mimetype="application/jsonl",
+                    headers={"Content-Disposition": f'attachment; filename="{row["filename"]}"'})
+
+
+@bp.delete("/files/<file_id>")
+def delete_file(file_id: str):
+    require("admin", "trainer")
+    _get_file(file_id)
+    idem = Idempotent({"file": file_id})
+    replay = idem.replay()
+    if replay is not None:
+        return replay
+    body = {"id": file_id, "object": "file", "deleted": True}
+    ev = FileDeleted(id=file_id, deleted_at=now())
+    version = svc().store.stream_version(file_stream(file_id))
+    return append_and_respond(idem, 200, body, lambda cmd: svc().store.append(
+        file_stream(file_id), version, [NewEvent(ev.type, ev.to_data(), metadata(file_id))], command=cmd))
+
+
+# ---- fine-tuning jobs ----------------------------------------------------------------------------------
+def job_object(j: JobState | dict[str, Any]) -> dict[str, Any]:
+    d = j if isinstance(j, dict) else j.__dict__
+    hp = d["hyperparameters"]
+    return {
+        "id": d["id"], "object": "fine_tuning.job", "created_at": d["created_at"], "error": d["error"],
+        "fine_tuned_model": d["fine_tuned_model"], "finished_at": d["finished_at"], "hyperparameters": hp,
+        "model": d["model"], "organization_id": d["project"], "result_files": [], "seed": d["seed"],
+        "status": d["status"], "trained_tokens": d["trained_tokens"], "training_file": d["training_file"],
+        "validation_file": d["validation_file"], "estimated_finish": None, "integrations": [],
+        "metadata": d["metadata"], "method": d["method"], "user_provided_suffix": d["suffix"],
+    }
+
+
+def _get_job(job_id: str) -> dict[str, Any]:
+    with svc().pool.connection() as c:
+        row = c.execute("SELECT * FROM jobs WHERE id = %s AND project = %s", (job_id, g.principal.project)).fetchone()
+    if row is None:
+        raise NotFound(f"no such fine-tuning job: {job_id}", param="fine_tuning_job_id")
+    return row
+
+
+def _resolve_model(model: Any) -> tuple[str, int]:
+    """(backend, context length) for a trainable model name, or a 400 naming the problem."""
+    if not isinstance(model, str) or not model:
+        raise ValidationError("model is required (e.g. 'smollm2-135m-instruct')", param="model")
+    if model in BASE_MODELS:
+        return "hf-lora", BASE_MODELS[model].context_length
+    if model.startswith("hf/"):
+        path = Path(model[3:])
+        cfg = path / "config.json"
+        if not cfg.is_file():
+            raise ValidationError(f"model {model!r}: no Hugging Face model folder (config.json) at {path}",
+                                  param="model", code="model_not_available")
+        return "hf-lora", int(json.loads(cfg.read_text()).get("max_position_embeddings") or 2048)
+    if model.startswith("openai/") or model == "dspy":
+        raise ValidationError(f"model {model!r}: this backend is not enabled on this server yet", param="model",
+                              code="model_not_available")
+    known = ", ".join(sorted(BASE_MODELS))
+    raise ValidationError(f"model {model!r} does not exist or cannot be fine-tuned here; trainable models: "
+                          f"{known}, or hf/<path to a local model folder>", param="model", code="model_not_available")
+
+
+ALLOWED_JOB_KEYS = {"model", "training_file", "validation_file", "suffix", "seed", "metadata", "method",
+                    "hyperparameters", "integrations"}
+
+
+@bp.post("/fine_tuning/jobs")
+def create_job():
+    p = require("admin", "trainer")
+    body = json_body()
+    unknown = set(body) - ALLOWED_JOB_KEYS
+    if unknown:
+        raise ValidationError(f"unrecognized request argument(s): {', '.join(sorted(unknown))}",
+                              param=sorted(unknown)[0])
+    idem = Idempotent(body)
+    replay = idem.replay()
+    if replay is not None:
+        return replay
+    backend, context_length = _resolve_model(body.get("model"))
+    if not isinstance(body.get("training_file"), str):
+        raise ValidationError("training_file is required (an uploaded file id)", param="training_file")
+    train = _get_file(body["training_file"], param="training_file")
+    valid = _get_file(body["validation_file"], param="validation_file") if body.get("validation_file") else None
+    for f, param in ((train, "training_file"), (valid, "validation_file")):
+        if f is not None and f["purpose"] != "fine-tune":
+            raise ValidationError(f"{param} {f['id']} has purpose {f['purpose']!r}, not 'fine-tune'", param=param)
+        if f is not None and (f["stats"].get("max_tokens") or 0) > context_length:
+            raise ValidationError(f"{param} {f['id']} has an example of {f['stats']['max_tokens']} tokens, over "
+                                  f"the model's context length of {context_length}", param=param)
+    suffix = body.get("suffix")
+    if suffix is not None and (not isinstance(suffix, str) or not SUFFIX_RE.match(suffix)):
+        raise ValidationError("suffix must be 1-64 characters of letters, digits, '-' or '_'", param="suffix")
+    seed = body.get("seed")
+    if seed is None:
+        seed = random.randint(0, 2**31 - 1)
+    elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise ValidationError("seed must be an integer between 0 and 2147483647", param="seed")
+    meta = body.get("metadata")
+    if meta is not None:
+        if (not isinstance(meta, dict) or len(meta) > 16 or
+                not all(isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
+                        for k, v in meta.items())):
+            raise ValidationError("metadata must be an object of at most 16 string keys (<= 64 chars) and "
+                                  "string values (<= 512 chars)", param="metadata")
+    if body.get("integrations"):
+        raise ValidationError("integrations are not supported", param="integrations")
+    method_type, hp = parse_method(body.get("method"), body.get("hyperparameters"))
+    resolved = hp.resolve(train["stats"].get("n_examples") or 0)
+    job_id = "ftjob-" + uuid.uuid4().hex[:24]
+    ev = JobCreated(
+        id=job_id, project=p.project, model=body["model"], backend=backend,
+        queue=svc().settings.training_queue, training_file=train["id"], training_file_sha256=train["sha256"],
+        validation_file=valid["id"] if valid else None, validation_file_sha256=valid["sha256"] if valid else None,
+        hyperparameters=resolved, method={"type": method_type, method_type: {"hyperparameters": resolved}},
+        suffix=suffix, seed=seed, metadata=meta, created_at=now(),
+    )
+    state = fold([(ev.type, ev.to_data(), 1)])
+    return append_and_respond(idem, 200, job_object(state), lambda cmd: svc().store.append(
+        job_stream(job_id), 0, [NewEvent(ev.type, ev.to_data(), metadata(job_id))], command=cmd))
+
+
+@bp.get("/fine_tuning/jobs")
+def list_jobs():
+    limit = page_limit()
+    sql = "SELECT * FROM jobs WHERE project = %s"
+    params: list[Any] = [g.principal.project]
+    after = request.args.get("after")
+    if after:
+        sql += " AND seq < coalesce((SELECT seq FROM jobs WHERE id = %s AND project = %s), 0)"
+        params += [after, g.principal.project]
+    for k, v in request.args.items():
+        m = re.fullmatch(r"metadata\[(.+)\]", k)
+        if m:
+            sql += " AND metadata ->> %s = %s"
+            params += [m.group(1), v]
+    sql += " ORDER BY seq DESC LIMIT %s"
+    params.append(limit + 1)
+    with svc().pool.connection() as c:
+        rows = c.execute(sql, params).fetchall()
+    return jsonify({"object": "list", "data": [job_object(r) for r in rows[:limit]], "has_more": len(rows) > limit})
+
+
+@bp.get("/fine_tuning/jobs/<job_id>")
+def get_job(job_id: str):
+    return jsonify(job_object(_get_job(job_id)))
+
+
+@bp.post("/fine_tuning/jobs/<job_id>/cancel")
+def cancel_job(job_id: str):
+    require("admin", "trainer")
+    _get_job(job_id)  # 404 for another project's job
+    idem = Idempotent({"job": job_id})
+    replay = idem.replay()
+    if replay is not None:
+        return replay
+    store = svc().store
+    events = store.read_stream(job_stream(job_id))
+    state = fold([(e.type, e.data, e.stream_version) for e in events])
+    if state.status in ("succeeded", "failed"):
+        raise Conflict(f"job {job_id} has already {state.status}; only a queued or running job can be cancelled",
+                       param="fine_tuning_job_id", code="job_not_cancellable")
+    if state.status == "cancelled" or state.cancel_requested:
+        return jsonify(job_object(state))
+    meta = metadata(job_id)
+    new = [NewEvent("CancelRequested", {"actor": g.principal.key_id, "at": now()}, meta)]
+    if state.status == "queued":  # nobody runs it yet: cancelled at once
+        new.append(NewEvent("JobCancelled", {"reason": "cancelled before it started", "at": now()}, meta))
+    after = state
+    for i, e in enumerate(new):
+        from domain.jobs import evolve
+        after = evolve(after, e.type, e.data, state.version + i + 1)
+    return append_and_respond(idem, 200, job_object(after),
+                              lambda cmd: store.append(job_stream(job_id), state.version, new, command=cmd))
+
+
+MESSAGES = {
+    "JobCreated": lambda d: f"Created fine-tuning job: {d['id']}",
+    "JobStarted": lambda d: f"Fine-tuning job started (attempt {d['attempt']})",
+    "CancelRequested": lambda d: "Cancellation requested",
+    "JobCancelled": lambda d: f"Fine-tuning job cancelled: {d['reason']}",
+    "JobAttemptLost": lambda d: (f"Attempt {d['attempt']} lost ({d['reason']}); "
+                                 + ("re-queued" if d["requeued"] else "no attempts left")),
+    "JobFailed": lambda d: f"Fine-tuning job failed: {d['error']['message']}",
+    "JobSucceeded": lambda d: f"The job has successfully completed. New fine-tuned model created: "
+                              f"{d['fine_tuned_model']}",
+    "CheckpointSaved": lambda d: f"Checkpoint created at step {d['step']}",
+    "JobMessage": lambda d: d["message"],
+}
+LEVELS = {"JobFailed": "error", "JobAttemptLost": "warn"}
+
+
+def event_object(e: dict[str, Any]) -> dict[str, Any]:
+    d = e["data"]
+    created = int(e["recorded_at"].timestamp())
+    base = {"object": "fine_tuning.job.event", "id": f"ftevent-{e['global_position']}", "created_at": created}
+    if e["type"] == "JobProgressed":
+        msg = f"Step {d['step']}/{d['total_steps']}: training loss={d['train_loss']:.4f}"
+        if d.get("valid_loss") is not None:
+            msg += f", validation loss={d['valid_loss']:.4f}"
+        data = {k: d.get(k) for k in ("step", "total_steps", "epoch", "train_loss", "valid_loss", "learning_rate",
+                                      "tokens_per_second")}
+        return {**base, "level": "info", "message": msg, "type": "metrics", "data": data}
+    render = MESSAGES.get(e["type"], lambda _d: e["type"])
+    level = d.get("level", "info") if e["type"] == "JobMessage" else LEVELS.get(e["type"], "info")
+    return {**base, "level": level, "message": render(d), "type": "message", "data": {}}
+
+
+@bp.get("/fine_tuning/jobs/<job_id>/events")
+def job_events(job_id: str):
+    _get_job(job_id)
+    limit = page_limit()
+    sql = "SELECT global_position, type, data, recorded_at FROM events WHERE stream_id = %s"
+    params: list[Any] = [job_stream(job_id)]
+    after = request.args.get("after")
+    if after:
+        m = re.fullmatch(r"ftevent-(\d+)", after)
+        if not m:
+            raise ValidationError(f"after must be an event id like ftevent-123, got {after!r}", param="after")
+        sql += " AND global_position < %s"
+        params.append(int(m.group(1)))
+    kind = request.args.get("type")
+    if kind == "metrics":
+        sql += " AND type = 'JobProgressed'"
+    elif kind == "message":
+        sql += " AND type <> 'JobProgressed'"
+    elif kind:
+        raise ValidationError("type must be 'message' or 'metrics'", param="type")
+    sql += " ORDER BY global_position DESC LIMIT %s"
+    params.append(limit + 1)
+    with svc().pool.connection() as c:
+        rows = c.execute(sql, params).fetchall()
+    return jsonify({"object": "list", "data": [event_object(r) for r in rows[:limit]], "has_more": len(rows) > limit})
+
+
+@bp.get("/fine_tuning/jobs/<job_id>/checkpoints")
+def job_checkpoints(job_id: str):
+    _get_job(job_id)
+    limit = page_limit(default=10)
+    sql = "SELECT * FROM job_checkpoints WHERE job_id = %s"
+    params: list[Any] = [job_id]
+    after = request.args.get("after")
+    if after:
+        sql += " AND seq < coalesce((SELECT seq FROM job_checkpoints WHERE id = %s), 0)"
+        params.append(after)
+    sql += " ORDER BY seq DESC LIMIT %s"
+    params.append(limit + 1)
+    with svc().pool.connection() as c:
+        rows = c.execute(sql, params).fetchall()
+    data = [{"object": "fine_tuning.job.checkpoint", "id": r["id"], "created_at": r["created_at"],
+             "fine_tuned_model_checkpoint": r["fine_tuned_model_checkpoint"], "fine_tuning_job_id": r["job_id"],
+             "metrics": r["metrics"], "step_number": r["step"]} for r in rows[:limit]]
+    return jsonify({"object": "list", "data": data, "has_more": len(rows) > limit,
+                    "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
+
+
+# ---- models --------------------------------------------------------------------------------------------
+def _models() -> list[dict[str, Any]]:
+    out = [{"id": m.id, "object": "model", "created": m.created, "owned_by": "tunelog", "kind": "base"}
+           for m in BASE_MODELS.values()]
+    with svc().pool.connection() as c:
+        rows = c.execute("SELECT * FROM models WHERE project = %s ORDER BY seq", (g.principal.project,)).fetchall()
+    out += [{"id": r["id"], "object": "model", "created": r["created_at"], "owned_by": r["project"],
+             "kind": "fine-tuned", "root": r["base_model"], "parent": r["base_model"], "job_id": r["job_id"],
+             "lineage": r["lineage"]} for r in rows]
+    return out
+
+
+@bp.get("/models")
+def list_models():
+    return jsonify({"object": "list", "data": _models()})
+
+
+@bp.get("/models/<path:model_id>")
+def get_model(model_id: str):
+    for m in _models():
+        if m["id"] == model_id:
+            return jsonify(m)
+    raise NotFound(f"the model {model_id!r} does not exist", param="model", code="model_not_found")

@@ -1,0 +1,190 @@
+"""Event types (past tense, versioned by name) and upcasters for old shapes.
+
+Events are stored as `type` + `data` (a JSON object). The dataclasses below are the shapes the
+code writes; `upcast` turns any older stored shape into the current one on read.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+# stream ids
+def job_stream(job_id: str) -> str:
+    return f"job-{job_id}"
+
+
+def file_stream(file_id: str) -> str:
+    return f"file-{file_id}"
+
+
+def key_stream(key_id: str) -> str:
+    return f"key-{key_id}"
+
+
+def model_stream(model_id: str) -> str:
+    return f"model-{model_id}"
+
+
+@dataclass(frozen=True)
+class Event:
+    def to_data(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def type(self) -> str:
+        return type(self).__name__
+
+
+@dataclass(frozen=True)
+class FileUploaded(Event):
+    id: str
+    project: str
+    filename: str
+    purpose: str
+    bytes: int
+    sha256: str
+    created_at: int
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FileDeleted(Event):
+    id: str
+    deleted_at: int
+
+
+@dataclass(frozen=True)
+class KeyCreated(Event):
+    id: str
+    key_hash: str
+    name: str
+    role: str
+    project: str
+    created_at: int
+
+
+@dataclass(frozen=True)
+class KeyRevoked(Event):
+    id: str
+    revoked_at: int
+
+
+@dataclass(frozen=True)
+class JobCreated(Event):
+    id: str
+    project: str
+    model: str
+    backend: str
+    queue: str
+    training_file: str
+    training_file_sha256: str
+    validation_file: str | None
+    validation_file_sha256: str | None
+    hyperparameters: dict[str, Any]
+    method: dict[str, Any]
+    suffix: str | None
+    seed: int
+    metadata: dict[str, str] | None
+    created_at: int
+
+
+@dataclass(frozen=True)
+class JobStarted(Event):
+    attempt: int
+    worker: str
+    started_at: int
+
+
+@dataclass(frozen=True)
+class JobProgressed(Event):
+    """A metrics event: one training step's numbers."""
+
+    step: int
+    total_steps: int
+    epoch: float
+    train_loss: float
+    learning_rate: float
+    at: int
+    valid_loss: float | None = None
+    tokens_per_second: float | None = None
+
+
+@dataclass(frozen=True)
+class JobMessage(Event):
+    level: str
+    message: str
+    at: int
+
+
+@dataclass(frozen=True)
+class CheckpointSaved(Event):
+    id: str
+    job_id: str
+    project: str
+    step: int
+    path: str
+    fine_tuned_model_checkpoint: str
+    metrics: dict[str, Any]
+    at: int
+
+
+@dataclass(frozen=True)
+class CancelRequested(Event):
+    actor: str
+    at: int
+
+
+@dataclass(frozen=True)
+class JobCancelled(Event):
+    reason: str
+    at: int
+
+
+@dataclass(frozen=True)
+class JobAttemptLost(Event):
+    """A running attempt stopped heartbeating (worker killed, OOM, machine lost)."""
+
+    attempt: int
+    reason: str
+    requeued: bool
+    at: int
+
+
+@dataclass(frozen=True)
+class JobFailed(Event):
+    error: dict[str, Any]
+    at: int
+
+
+@dataclass(frozen=True)
+class JobSucceeded(Event):
+    fine_tuned_model: str
+    trained_tokens: int
+    artifact_path: str
+    at: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelRegistered(Event):
+    id: str
+    project: str
+    base_model: str
+    backend: str
+    job_id: str | None
+    artifact_path: str | None
+    created_at: int
+    lineage: dict[str, Any]
+
+
+# (type name) -> function(data) -> (new type name, new data). Empty until a shape changes; add an
+# entry here instead of rewriting stored events.
+UPCASTERS: dict[str, Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]] = {}
+
+
+def upcast(type_: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    seen = 0
+    while type_ in UPCASTERS and seen < 16:
+        type_, data = UPCASTERS[type_](data)
+        seen += 1
+    return type_, data

@@ -1,0 +1,173 @@
+"""The dispatcher: the log is the outbox. It enqueues an RQ job for every job that needs work and
+re-dispatches what Redis or a dead worker lost.
+
+- Tails the log (LISTEN/NOTIFY, polling fallback): a JobCreated or a re-queued attempt is enqueued
+  at once, with the RQ job id derived from (job id, attempt), so a double enqueue is harmless.
+- Every `reconcile_seconds` it compares the jobs read model with Redis: a queued job whose RQ job
+  is gone (FLUSHALL, restart) or failed is enqueued again; a running job whose lease expired is
+  declared lost (JobAttemptLost, re-queued up to the retry limit, else JobFailed).
+A Postgres advisory lock keeps one active dispatcher per database.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+import psycopg
+import redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+
+from domain.errors import ConcurrencyConflict
+from domain.events import job_stream
+from domain.jobs import decide_lost_attempt, fold
+from eventlog.bootstrap import Services, bootstrap
+from eventlog.db import connect
+from eventlog.store import CHANNEL, NewEvent
+
+log = logging.getLogger("tunelog.dispatcher")
+TRAINING_TIMEOUT = 24 * 3600  # explicit: RQ's default of 180 s would kill any real training run
+ADVISORY_KEY = 0x7475_6E65  # "tune"
+
+
+def rq_job_id(job_id: str, attempt: int) -> str:
+    return f"{job_id}-a{attempt}"  # RQ ids allow letters, digits, - and _
+
+
+class Dispatcher:
+    def __init__(self, svc: Services, reconcile_seconds: float = 2.0):
+        self.svc = svc
+        self.reconcile_seconds = reconcile_seconds
+        self.position = 0
+        self._redis: redis.Redis | None = None
+
+    @property
+    def redis(self) -> redis.Redis:
+        if self._redis is None:
+            self._redis = self.svc.redis()
+        return self._redis
+
+    def enqueue(self, job_id: str, attempt: int, queue: str) -> bool:
+        """Enqueue unless an RQ job for this attempt is already waiting or running. True if enqueued."""
+        rid = rq_job_id(job_id, attempt)
+        try:
+            existing = Job.fetch(rid, connection=self.redis)
+            status = existing.get_status(refresh=True)
+            stale_start = (status == "started" and existing.started_at is not None and
+                           time.time() - existing.started_at.timestamp() > 2 * self.svc.settings.lease_seconds)
+            if status in ("queued", "started", "deferred", "scheduled") and not stale_start:
+                return False
+            existing.delete()
+        except NoSuchJobError:
+            pass
+        Queue(queue, connection=self.redis).enqueue_call(
+            "workers.jobs.run_training", args=(job_id, attempt), job_id=rid, timeout=TRAINING_TIMEOUT,
+            result_ttl=7 * 24 * 3600, failure_ttl=7 * 24 * 3600,
+            description=f"train {job_id} attempt {attempt}")
+        log.info("enqueued %s on %s", rid, queue)
+        return True
+
+    def tail(self) -> None:
+        """React to new events right away (the fast path)."""
+        events = self.svc.store.read_all(self.position, 1000)
+        for e in events:
+            self.position = e.global_position
+            if e.type == "JobCreated":
+                self.enqueue(e.data["id"], 1, e.data["queue"])
+            elif e.type == "JobAttemptLost" and e.data.get("requeued"):
+                state = self._state(e.stream_id[4:])
+                if state.status == "queued":
+                    self.enqueue(state.id, state.attempt, state.queue)
+
+    def _state(self, job_id: str):
+        return fold([(e.type, e.data, e.stream_version) for e in self.svc.store.read_stream(job_stream(job_id))])
+
+    def reconcile(self) -> None:
+        """The slow path: nothing the log says must run is left without an RQ job or a live lease."""
+        with self.svc.pool.connection() as c:
+            queued = c.execute("SELECT id, attempt, queue FROM jobs WHERE status = 'queued'").fetchall()
+            expired = c.execute(
+                "SELECT j.id FROM jobs j LEFT JOIN leases l ON l.job_id = j.id "
+                "WHERE j.status = 'running' AND (l.job_id IS NULL OR l.expires_at < now())").fetchall()
+        for row in queued:
+            self.enqueue(row["id"], row["attempt"], row["queue"])
+        for row in expired:
+            self.declare_lost(row["id"])
+
+    def declare_lost(self, job_id: str) -> None:
+        state = self._state(job_id)
+        if state.status != "running":
+            return
+        with self.svc.pool.connection() as c:
+            lease = c.execute("SELECT attempt, worker, expires_at > now() AS alive FROM leases WHERE job_id = %s",
+                              (job_id,)).fetchone()
+        if lease and lease["alive"]:
+            return
+        reason = "heartbeat lease expired" if lease else "no heartbeat lease"
+        decided = decide_lost_attempt(state, self.svc.settings.max_attempts, reason, int(time.time()))
+        meta = {"actor": "dispatcher", "correlation_id": job_id}
+        try:
+            self.svc.store.append(job_stream(job_id), state.version,
+                                  [NewEvent(t, d, meta) for t, d in decided])
+        except ConcurrencyConflict:
+            return  # the worker is alive after all (it appended); look again next round
+        with self.svc.pool.connection() as c:
+            c.execute("DELETE FROM leases WHERE job_id = %s AND attempt = %s", (job_id, state.attempt))
+        log.warning("job %s attempt %s lost (%s)", job_id, state.attempt, reason)
+
+    def run(self, stop: threading.Event) -> None:
+        from eventlog.runner import catch_up
+
+        listener = None
+        holder = None
+        last_reconcile = 0.0
+        while not stop.is_set():
+            try:
+                if holder is None:
+                    holder = connect(self.svc.settings.database_url)
+                    got = holder.execute("SELECT pg_try_advisory_lock(%s) AS ok", (ADVISORY_KEY,)).fetchone()
+                    if not got["ok"]:
+                        holder.close()
+                        holder = None
+                        stop.wait(2.0)
+                        continue
+                    self.position = self.svc.store.head()  # history is covered by reconcile()
+                    log.info("dispatcher active from position %s", self.position)
+                if listener is None:
+                    listener = connect(self.svc.settings.database_url)
+                    listener.execute(f"LISTEN {CHANNEL}")
+                self.tail()
+                if time.monotonic() - last_reconcile >= self.reconcile_seconds:
+                    catch_up(self.svc.pool)  # reconcile reads the jobs read model: make it current
+                    self.reconcile()
+                    last_reconcile = time.monotonic()
+                for _ in listener.notifies(timeout=0.5, stop_after=1):
+                    pass
+            except (psycopg.OperationalError, redis.RedisError) as e:
+                log.warning("dependency unavailable (%s); retrying", e)
+                for conn in (listener, holder):
+                    if conn is not None:
+                        conn.close()
+                listener = holder = None
+                self._redis = None
+                stop.wait(1.0)
+            except Exception:  # a bug must not stop dispatching for every other job
+                log.exception("dispatcher round failed; retrying")
+                stop.wait(1.0)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    svc = bootstrap(pool_size=3)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    Dispatcher(svc).run(stop)
+    log.info("dispatcher stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+"""Read models built from the log. Each applies a batch of events inside the caller's transaction;
+the runner writes the projection's checkpoint in that same transaction (exactly once)."""
+from __future__ import annotations
+
+from eventlog.projections.checkpoints import CheckpointsProjection
+from eventlog.projections.files import FilesProjection
+from eventlog.projections.jobs import JobsProjection
+from eventlog.projections.keys import KeysProjection
+from eventlog.projections.models import ModelsProjection
+
+
+def all_projections() -> list:
+    return [FilesProjection(), JobsProjection(), CheckpointsProjection(), KeysProjection(), ModelsProjection()]

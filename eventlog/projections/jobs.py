@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, fields
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from domain.jobs import JobState, evolve
+from eventlog.store import RecordedEvent
+
+_STATE_FIELDS = [f.name for f in fields(JobState)]
+_JSON = {"hyperparameters", "method", "metadata", "error"}
+_COLUMNS = _STATE_FIELDS + ["seq"]
+
+
+class JobsProjection:
+    """One row per job, the folded state of its stream (same `evolve` the workers use).
+
+    Batched: the rows a batch touches are loaded once, evolved in memory and written once.
+    """
+
+    name = "jobs"
+    tables = ("jobs",)
+
+    def apply(self, conn: psycopg.Connection, events: Sequence[RecordedEvent]) -> None:
+        touched = {e.stream_id[4:] for e in events if e.stream_id.startswith("job-")}
+        if not touched:
+            return
+        states: dict[str, JobState] = {}
+        seqs: dict[str, int] = {}
+        for row in conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE id = ANY(%s)", (list(touched),)):
+            seqs[row["id"]] = row.pop("seq")
+            states[row["id"]] = JobState(**row)
+        for e in events:
+            if not e.stream_id.startswith("job-"):
+                continue
+            job_id = e.stream_id[4:]
+            if e.type == "JobCreated":
+                seqs[job_id] = e.global_position
+            states[job_id] = evolve(states.get(job_id, JobState()), e.type, e.data, e.stream_version)
+        rows = []
+        for job_id, s in states.items():
+            if job_id not in seqs:  # events for a job whose creation we never saw: ignore
+                continue
+            d = asdict(s)
+            rows.append(tuple(Jsonb(d[k]) if k in _JSON and d[k] is not None else d[k] for k in _STATE_FIELDS)
+                        + (seqs[job_id],))
+        cols = ", ".join(_COLUMNS)
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS if c != "id")
+        with conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO jobs ({cols}) VALUES ({', '.join(['%s'] * len(_COLUMNS))}) "
+                f"ON CONFLICT (id) DO UPDATE SET {updates}", rows)

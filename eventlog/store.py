@@ -1,0 +1,170 @@
+"""The event store: append with expected versions and idempotency, read a stream, read all in order.
+
+Guarantees (DESIGN §2) live in the schema and in `tunelog_append` (migrations/versions/0001):
+UNIQUE (stream_id, stream_version), an EXCLUSIVE table lock per append so positions become
+visible in order, and the command record written in the same transaction as the events.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from domain.errors import ConcurrencyConflict, IdempotencyMismatch
+from domain.events import upcast
+from eventlog.db import DatabaseUnavailable
+
+CHANNEL = "tunelog_events"
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    type: str
+    data: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Append:
+    """Events for one stream; `expected_version` None means "any" (no concurrency check)."""
+
+    stream_id: str
+    expected_version: int | None
+    events: Sequence[NewEvent]
+
+
+@dataclass(frozen=True)
+class Command:
+    """An idempotent command: its id (scoped to the caller), request fingerprint and response."""
+
+    command_id: str
+    request_hash: str
+    response: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    positions: list[int]
+    duplicate: bool = False
+    response: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    global_position: int
+    stream_id: str
+    stream_version: int
+    type: str
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+    recorded_at: datetime
+
+
+_COLUMNS = "global_position, stream_id, stream_version, type, data, metadata, recorded_at"
+
+
+def _row(r: dict[str, Any]) -> RecordedEvent:
+    type_, data = upcast(r["type"], r["data"])
+    return RecordedEvent(r["global_position"], r["stream_id"], r["stream_version"], type_, data,
+                         r["metadata"], r["recorded_at"])
+
+
+def _translate(e: psycopg.Error) -> Exception:
+    if e.sqlstate == "TL409":
+        detail = json.loads(e.diag.message_detail or "{}")
+        return ConcurrencyConflict(detail.get("stream", "?"), detail.get("expected"), detail.get("actual"))
+    if e.sqlstate == "TL422":
+        return IdempotencyMismatch(e.diag.message_primary or "Idempotency-Key reused")
+    if isinstance(e, psycopg.OperationalError):
+        return DatabaseUnavailable(str(e))
+    return e
+
+
+class EventStore:
+    def __init__(self, pool: ConnectionPool):
+        self.pool = pool
+
+    # ---- writing -------------------------------------------------------------------------------
+    def append(self, stream_id: str, expected_version: int | None, events: Sequence[NewEvent],
+               command: Command | None = None, conn: psycopg.Connection | None = None) -> AppendResult:
+        return self.append_many([Append(stream_id, expected_version, events)], command, conn)
+
+    def append_many(self, appends: Sequence[Append], command: Command | None = None,
+                    conn: psycopg.Connection | None = None) -> AppendResult:
+        """Append to one or more streams atomically; raises ConcurrencyConflict on a version mismatch."""
+        batch = [
+            {"stream": a.stream_id, "expected": a.expected_version,
+             "events": [{"type": e.type, "data": e.data, "metadata": e.metadata} for e in a.events]}
+            for a in appends
+        ]
+        args = (Jsonb(batch), command.command_id if command else None,
+                command.request_hash if command else None, Jsonb(command.response) if command else None)
+        try:
+            if conn is not None:
+                row = conn.execute("SELECT tunelog_append(%s, %s, %s, %s) AS r", args).fetchone()
+            else:
+                with self.pool.connection() as c:
+                    row = c.execute("SELECT tunelog_append(%s, %s, %s, %s) AS r", args).fetchone()
+        except psycopg.Error as e:
+            raise _translate(e) from e
+        except Exception as e:  # pool timeouts when the server is gone
+            if type(e).__name__ == "PoolTimeout":
+                raise DatabaseUnavailable(str(e)) from e
+            raise
+        r = row["r"] if isinstance(row, dict) else row[0]
+        return AppendResult(positions=list(r.get("positions") or []), duplicate=bool(r["duplicate"]),
+                            response=r.get("response"))
+
+    def lookup_command(self, command_id: str) -> dict[str, Any] | None:
+        with self.pool.connection() as c:
+            row = c.execute("SELECT request_hash, response FROM commands WHERE command_id = %s",
+                            (command_id,)).fetchone()
+        return row
+
+    # ---- reading -------------------------------------------------------------------------------
+    def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
+        with self.pool.connection() as c:
+            rows = c.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE stream_id = %s AND stream_version > %s "
+                "ORDER BY stream_version", (stream_id, after_version)).fetchall()
+        return [_row(r) for r in rows]
+
+    def stream_version(self, stream_id: str) -> int:
+        with self.pool.connection() as c:
+            row = c.execute("SELECT coalesce(max(stream_version), 0) AS v FROM events WHERE stream_id = %s",
+                            (stream_id,)).fetchone()
+        return int(row["v"])
+
+    def read_all(self, after: int = 0, limit: int = 1000, conn: psycopg.Connection | None = None,
+                 stream_prefix: str | None = None) -> list[RecordedEvent]:
+        sql = f"SELECT {_COLUMNS} FROM events WHERE global_position > %s"
+        params: list[Any] = [after]
+        if stream_prefix:
+            sql += " AND stream_id LIKE %s"
+            params.append(stream_prefix.replace("%", r"\%").replace("_", r"\_") + "%")
+        sql += " ORDER BY global_position LIMIT %s"
+        params.append(limit)
+        if conn is not None:
+            return [_row(r) for r in conn.execute(sql, params).fetchall()]
+        with self.pool.connection() as c:
+            return [_row(r) for r in c.execute(sql, params).fetchall()]
+
+    def iter_all(self, after: int = 0, batch: int = 5000) -> Iterator[RecordedEvent]:
+        pos = after
+        while True:
+            chunk = self.read_all(pos, batch)
+            if not chunk:
+                return
+            yield from chunk
+            pos = chunk[-1].global_position
+
+    def head(self) -> int:
+        with self.pool.connection() as c:
+            row = c.execute("SELECT coalesce(max(global_position), 0) AS p FROM events").fetchone()
+        return int(row["p"])

@@ -1,0 +1,269 @@
+"""RQ entry points. Each takes ids, reads the log, runs the work and appends events.
+
+`run_training(job_id, attempt)`: fenced start (JobStarted with the expected version), a heartbeat
+lease in Postgres, the recipe in a child process, throttled progress events, cancel between steps,
+and one atomic terminal append (JobSucceeded + ModelRegistered).
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from domain.errors import ConcurrencyConflict
+from domain.events import job_stream, model_stream
+from domain.jobs import fold
+from eventlog.bootstrap import Services, bootstrap
+from eventlog.catalog import BASE_MODELS, ensure_base_model
+from eventlog.store import Append, NewEvent
+from workers.progress import Fenced, ProgressLog
+
+log = logging.getLogger("tunelog.worker")
+BASE_LR = 2e-4  # LoRA learning rate at learning_rate_multiplier = 1
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL it when the worker dies, so no training outlives its lease."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Lease:
+    """A heartbeat row in Postgres; the dispatcher declares the attempt lost when it expires."""
+
+    def __init__(self, svc: Services, job_id: str, attempt: int, worker: str):
+        self.svc, self.job_id, self.attempt, self.worker = svc, job_id, attempt, worker
+        self.ttl = svc.settings.lease_seconds
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="lease")
+
+    def acquire(self) -> None:
+        with self.svc.pool.connection() as c:
+            c.execute(
+                "INSERT INTO leases (job_id, attempt, worker, expires_at) "
+                "VALUES (%s, %s, %s, now() + make_interval(secs => %s)) "
+                "ON CONFLICT (job_id) DO UPDATE SET attempt = EXCLUDED.attempt, worker = EXCLUDED.worker, "
+                "expires_at = EXCLUDED.expires_at", (self.job_id, self.attempt, self.worker, self.ttl))
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(max(0.5, self.ttl / 4)):
+            try:
+                with self.svc.pool.connection() as c:
+                    n = c.execute("UPDATE leases SET expires_at = now() + make_interval(secs => %s) "
+                                  "WHERE job_id = %s AND attempt = %s AND worker = %s",
+                                  (self.ttl, self.job_id, self.attempt, self.worker)).rowcount
+                if n == 0:
+                    self.lost.set()
+                    return
+            except Exception:  # a blip: the next beat retries; the lease has slack
+                log.exception("lease heartbeat failed")
+
+    def release(self) -> None:
+        self._stop.set()
+        try:
+            with self.svc.pool.connection() as c:
+                c.execute("DELETE FROM leases WHERE job_id = %s AND worker = %s", (self.job_id, self.worker))
+        except Exception:
+            log.exception("could not release lease")
+
+
+def _write_file(svc: Services, file_id: str | None, dest: Path) -> str | None:
+    if not file_id:
+        return None
+    with svc.pool.connection() as c:
+        row = c.execute("SELECT b.content FROM events e JOIN blobs b ON b.sha256 = e.data->>'sha256' "
+                        "WHERE e.stream_id = %s AND e.type = 'FileUploaded'", (f"file-{file_id}",)).fetchone()
+    if row is None:
+        raise RuntimeError(f"file {file_id} has no stored content")
+    dest.write_bytes(bytes(row["content"]))
+    return str(dest)
+
+
+def _error(code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "param": param}
+
+
+def run_training(job_id: str, attempt: int) -> str:
+    svc = bootstrap(pool_size=3)
+    store = svc.store
+    stream = job_stream(job_id)
+    events = store.read_stream(stream)
+    state = fold([(e.type, e.data, e.stream_version) for e in events])
+    if state.status != "queued" or state.attempt != attempt:
+        return f"skipped: job is {state.status}, attempt {state.attempt}"
+    worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    meta = {"actor": f"worker:{worker}", "correlation_id": job_id,
+            "causation_id": str(events[-1].global_position)}
+    lease = Lease(svc, job_id, attempt, worker)
+    lease.acquire()
+    try:
+        store.append(stream, state.version, [NewEvent("JobStarted", {"attempt": attempt, "worker": worker,
+                                                                     "started_at": _now()}, meta)])
+    except ConcurrencyConflict:
+        lease.release()
+        return "skipped: another worker started it, or it changed"
+    progress = ProgressLog(store, job_id, state.version + 1, attempt, meta)
+    try:
+        return _train(svc, state, attempt, progress, lease)
+    except Fenced as e:
+        log.warning("job %s: fenced off (%s)", job_id, e)
+        return "fenced"
+    finally:
+        lease.release()
+
+
+def _train(svc: Services, state, attempt: int, progress: ProgressLog, lease: Lease) -> str:
+    s = svc.settings
+    job_id = state.id
+    work = s.work_dir / job_id / f"attempt-{attempt}"
+    work.mkdir(parents=True, exist_ok=True)
+    artifact_rel = f"artifacts/{job_id}/adapter"
+    try:
+        base_path = ensure_base_model(s.model_dir, state.model)
+        train = _write_file(svc, state.training_file, work / "train.jsonl")
+        valid = _write_file(svc, state.validation_file, work / "valid.jsonl")
+    except Exception as e:  # noqa: BLE001 - reported to the user as the job's error
+        progress.flush(extra=[NewEvent("JobFailed", {"error": _error("setup_failed", str(e)), "at": _now()},
+                                       progress.metadata)])
+        return "failed"
+    hp = state.hyperparameters
+    config = {
+        "base_model_path": str(base_path), "train_file": train, "valid_file": valid,
+        "output_dir": str(s.data_dir / artifact_rel), "checkpoint_dir": str(work / "checkpoints"),
+        "n_epochs": hp["n_epochs"], "batch_size": hp["batch_size"],
+        "learning_rate": BASE_LR * hp["learning_rate_multiplier"], "seed": state.seed or 0,
+        "max_seq_len": s.max_seq_len,
+    }
+    (work / "config.json").write_text(json.dumps(config, indent=2))
+    stderr = open(work / "stderr.log", "wb")
+    child = subprocess.Popen([sys.executable, "-m", "workers.hf.recipe", str(work / "config.json")],
+                             stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
+                             preexec_fn=_die_with_parent, cwd=str(Path(__file__).resolve().parent.parent))
+    progress.add("JobMessage", {"level": "info", "message": f"Training started on the {state.queue} queue "
+                                f"(attempt {attempt})", "at": _now()}, urgent=True)
+    sel = selectors.DefaultSelector()
+    sel.register(child.stdout, selectors.EVENT_READ)
+    buf = b""
+    done: dict[str, Any] | None = None
+    last_poll = time.monotonic()
+    last_metrics: dict[str, Any] = {}
+    eof = False
+    try:
+        while True:
+            if eof:
+                time.sleep(0.1)
+            for _key, _ in sel.select(timeout=0.5) if not eof else []:
+                chunk = os.read(child.stdout.fileno(), 65536)
+                if not chunk:
+                    eof = True
+                    sel.unregister(child.stdout)
+                buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                kind = rec.pop("kind", None)
+                if kind == "metrics":
+                    last_metrics = rec
+                    progress.add("JobProgressed", {**rec, "at": _now()}, urgent=rec.get("valid_loss") is not None)
+                elif kind == "checkpoint":
+                    step = rec["step"]
+                    progress.add("CheckpointSaved", {
+                        "id": f"ftckpt-{job_id[6:]}-{step}", "job_id": job_id, "project": state.project,
+                        "step": step, "path": rec["path"],
+                        "fine_tuned_model_checkpoint": f"{_model_id(state)}:ckpt-step-{step}",
+                        "metrics": rec["metrics"], "at": _now()}, urgent=True)
+                elif kind == "message":
+                    progress.add("JobMessage", {"level": rec.get("level", "info"), "message": rec["message"],
+                                                "at": _now()})
+                elif kind == "done":
+                    done = rec
+            if time.monotonic() - last_poll >= 1.0:
+                last_poll = time.monotonic()
+                progress.poll()
+                if lease.lost.is_set():
+                    raise Fenced("lease lost")
+            if progress.cancel_requested:
+                _stop_child(child)
+                progress.flush(extra=[NewEvent("JobCancelled", {"reason": "cancelled by request", "at": _now()},
+                                               progress.metadata)])
+                return "cancelled"
+            if eof and child.poll() is not None:
+                break
+    except BaseException:
+        _stop_child(child)
+        raise
+    finally:
+        stderr.close()
+        sel.close()
+    rc = child.wait()
+    if rc != 0 or done is None:
+        tail = (work / "stderr.log").read_text(errors="replace")[-1500:]
+        progress.flush(extra=[NewEvent("JobFailed", {"error": _error(
+            "training_failed", f"the training process exited with status {rc}: {tail.strip()[-800:]}"),
+            "at": _now()}, progress.metadata)])
+        return "failed"
+    model_id = _model_id(state)
+    lineage = {
+        "base_model": state.model, "job_id": job_id, "training_file": state.training_file,
+        "training_file_sha256": _file_sha(progress, state), "validation_file": state.validation_file,
+        "hyperparameters": state.hyperparameters, "method": state.method, "seed": state.seed,
+        "attempt": attempt, "final_metrics": last_metrics,
+    }
+    now = _now()
+    progress.flush(
+        extra=[NewEvent("JobSucceeded", {"fine_tuned_model": model_id, "trained_tokens": done["trained_tokens"],
+                                         "artifact_path": artifact_rel, "at": now, "metrics": last_metrics},
+                        progress.metadata)],
+        others=[Append(model_stream(model_id), 0, [NewEvent("ModelRegistered", {
+            "id": model_id, "project": state.project, "base_model": state.model, "backend": "hf-lora",
+            "job_id": job_id, "artifact_path": artifact_rel, "created_at": now, "lineage": lineage},
+            progress.metadata)])],
+    )
+    return model_id
+
+
+def _file_sha(progress: ProgressLog, state) -> str | None:
+    for e in progress.store.read_stream(job_stream(state.id)):
+        if e.type == "JobCreated":
+            return e.data.get("training_file_sha256")
+    return None
+
+
+def _model_id(state) -> str:
+    suffix = state.suffix or ""
+    return f"ft:{state.model}:{state.project}:{suffix}:{state.id[-8:]}"
+
+
+def _stop_child(child: subprocess.Popen) -> None:
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+__all__ = ["run_training", "BASE_MODELS"]
