@@ -69,7 +69,9 @@ def upload_file():
     from api.tokens import counter
 
     max_ctx = max(m.context_length for m in BASE_MODELS.values())
-    report = check_chat_jsonl(content, min_examples=s.min_examples, max_tokens=max_ctx,
+    # The minimum example count applies to training files only (a validation file may be small), so
+    # it is checked when a job names the file; here a file needs at least one example.
+    report = check_chat_jsonl(content, min_examples=1, max_tokens=max_ctx,
                               count_tokens=counter(s.model_dir))
     file_id = "file-" + uuid.uuid4().hex[:24]
     ev = FileUploaded(id=file_id, project=g.principal.project, filename=filename, purpose=purpose,
@@ -202,6 +204,11 @@ def create_job():
         if f is not None and (f["stats"].get("max_tokens") or 0) > context_length:
             raise ValidationError(f"{param} {f['id']} has an example of {f['stats']['max_tokens']} tokens, over "
                                   f"the model's context length of {context_length}", param=param)
+    n_train = train["stats"].get("n_examples") or 0
+    if n_train < svc().settings.min_examples:
+        raise ValidationError(f"training_file {train['id']} has {n_train} example(s); at least "
+                              f"{svc().settings.min_examples} are required [too_few_examples]",
+                              param="training_file", code="invalid_file_format")
     suffix = body.get("suffix")
     if suffix is not None and (not isinstance(suffix, str) or not SUFFIX_RE.match(suffix)):
         raise ValidationError("suffix must be 1-64 characters of letters, digits, '-' or '_'", param="suffix")

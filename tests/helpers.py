@@ -1,0 +1,146 @@
+"""Test plumbing: real embedded Postgres + Redis, fresh databases, and the Procfile's processes."""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import requests
+
+from eventlog.settings import ROOT, psycopg_url
+from eventlog.supervisor import migrate
+
+PROCFILE = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip()
+            for line in (ROOT / "Procfile").read_text().splitlines() if ":" in line}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def create_database(server_url: str, name: str) -> str:
+    """A new, migrated database on the test server; returns its URL."""
+    with psycopg.connect(psycopg_url(server_url), autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        c.execute(f'CREATE DATABASE "{name}"')
+    url = with_dbname(server_url, name)
+    migrate(url)
+    return url
+
+
+def with_dbname(url: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+@dataclass
+class Stack:
+    """The service's processes, started from the Procfile's own command lines."""
+
+    env: dict[str, str]
+    data_dir: Path
+    port: int
+    admin_key: str = ""
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, name: str, instance: str | None = None) -> subprocess.Popen:
+        key = instance or name
+        log = open(self.data_dir / f"{key}.log", "ab")
+        p = subprocess.Popen(shlex.split(PROCFILE[name]), env=self.env, cwd=str(ROOT), stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[key] = p
+        return p
+
+    def kill(self, key: str, sig: int = signal.SIGKILL) -> None:
+        p = self.procs.pop(key)
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+    def kill_tree(self, key: str) -> list[int]:
+        """SIGKILL a process and every descendant (RQ's work horse runs in a session of its own), as
+        when the machine or container under a worker dies."""
+        import psutil
+
+        p = self.procs.pop(key)
+        root = psutil.Process(p.pid)
+        victims = [root, *root.children(recursive=True)]
+        for v in victims:
+            try:
+                v.kill()
+            except psutil.NoSuchProcess:
+                pass
+        p.wait(15)
+        psutil.wait_procs(victims, timeout=15)
+        return [v.pid for v in victims]
+
+    def stop_all(self) -> None:
+        for key in list(self.procs):
+            self.kill(key, signal.SIGTERM)
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.base_url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"API did not become healthy; see {self.data_dir}/web.log")
+
+    # ---- HTTP helpers ----
+    def http(self, method: str, path: str, key: str | None = None, **kw: Any) -> requests.Response:
+        headers = kw.pop("headers", {})
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        return requests.request(method, self.base_url + path, headers=headers, timeout=60, **kw)
+
+    def new_key(self, role: str = "trainer", project: str | None = None) -> dict[str, Any]:
+        project = project or f"p-{os.urandom(4).hex()}"
+        r = self.http("POST", "/api/keys", self.admin_key, json={"role": role, "project": project})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def sql(self, query: str, params: Any = None) -> list[dict[str, Any]]:
+        from psycopg.rows import dict_row
+
+        with psycopg.connect(psycopg_url(self.env["DATABASE_URL"]), autocommit=True, row_factory=dict_row) as c:
+            cur = c.execute(query, params)
+            return cur.fetchall() if cur.description else []
+
+    def wait_job(self, key: str, job_id: str, statuses: set[str], timeout: float = 300) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        job: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            job = self.http("GET", f"/v1/fine_tuning/jobs/{job_id}", key).json()
+            if job.get("status") in statuses:
+                return job
+            time.sleep(0.5)
+        raise AssertionError(f"job {job_id} still {job.get('status')} after {timeout}s (wanted {statuses})")
+
+
+def python() -> str:
+    return sys.executable
