@@ -9,6 +9,8 @@ from typing import Any
 
 STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+# Event types that change nothing in JobState but its version (evolve below agrees: no branch for them).
+VERSION_ONLY = frozenset({"JobProgressed", "JobMessage", "CheckpointSaved"})
 
 
 @dataclass(frozen=True)
@@ -81,11 +83,13 @@ def decide_lost_attempt(state: JobState, max_attempts: int, reason: str, now: in
     """A running attempt was lost: re-queue it, or fail the job once the retry limit is reached."""
     if state.status != "running":
         return []
-    requeue = state.attempt < max_attempts
+    requeue = state.attempt < max_attempts and not state.cancel_requested
     events: list[tuple[str, dict]] = [
         ("JobAttemptLost", {"attempt": state.attempt, "reason": reason, "requeued": requeue, "at": now})
     ]
-    if not requeue:
+    if state.cancel_requested:
+        events.append(("JobCancelled", {"reason": f"cancelled (its worker was lost: {reason})", "at": now}))
+    elif not requeue:
         events.append(("JobFailed", {"error": {
             "code": "worker_lost",
             "message": f"the worker running this job was lost {state.attempt} time(s) ({reason}); "

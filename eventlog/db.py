@@ -17,24 +17,43 @@ class DatabaseUnavailable(Exception):
 
 _pools: dict[tuple[int, str], ConnectionPool] = {}
 _lock = threading.Lock()
+_json_configured = False
+
+
+def _configure_json() -> None:
+    """jsonb in and out through orjson: several times faster than the stdlib on replay-sized reads."""
+    global _json_configured
+    if not _json_configured:
+        import orjson
+        from psycopg.types.json import set_json_dumps, set_json_loads
+
+        set_json_loads(orjson.loads)
+        set_json_dumps(lambda obj: orjson.dumps(obj).decode())
+        _json_configured = True
 
 
 def pool(url: str, max_size: int = 10) -> ConnectionPool:
     """The process's pool for `url` (a forked child gets a fresh one: sockets must not be shared)."""
     key = (os.getpid(), url)
     with _lock:
+        _configure_json()
         p = _pools.get(key)
         if p is None:
             p = ConnectionPool(
                 psycopg_url(url), min_size=1, max_size=max_size, open=True, timeout=10,
                 kwargs={"row_factory": dict_row, "autocommit": True},
-                check=ConnectionPool.check_connection,
             )
             _pools[key] = p
         return p
 
 
+# No per-checkout health check (it would cost a round trip per append): a broken connection raises
+# OperationalError, which callers translate (503 / retry), and the pool replaces it when returned.
+
+
 def connect(url: str, autocommit: bool = True) -> psycopg.Connection:
+    with _lock:
+        _configure_json()
     return psycopg.connect(psycopg_url(url), autocommit=autocommit, row_factory=dict_row)
 
 

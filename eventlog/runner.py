@@ -33,7 +33,7 @@ def _apply_batch(conn: psycopg.Connection, store: EventStore, projections: list,
                         "ORDER BY name FOR UPDATE", (names,)).fetchall()
     positions = {r["name"]: r["position"] for r in rows}
     low = min(positions.values()) if positions else 0
-    events = store.read_all(low, batch, conn=conn)
+    events = store.read_all(low, batch, conn=conn, with_metadata=False)
     if not events:
         return 0
     last = events[-1].global_position

@@ -142,8 +142,10 @@ class EventStore:
         return int(row["v"])
 
     def read_all(self, after: int = 0, limit: int = 1000, conn: psycopg.Connection | None = None,
-                 stream_prefix: str | None = None) -> list[RecordedEvent]:
-        sql = f"SELECT {_COLUMNS} FROM events WHERE global_position > %s"
+                 stream_prefix: str | None = None, with_metadata: bool = True) -> list[RecordedEvent]:
+        """Events after a position, in order. Projections skip metadata (it is never projected)."""
+        columns = _COLUMNS if with_metadata else _COLUMNS.replace("metadata", "'{}'::jsonb AS metadata")
+        sql = f"SELECT {columns} FROM events WHERE global_position > %s"
         params: list[Any] = [after]
         if stream_prefix:
             sql += " AND stream_id LIKE %s"

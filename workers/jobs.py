@@ -18,12 +18,13 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from domain.errors import ConcurrencyConflict
 from domain.events import job_stream, model_stream
-from domain.jobs import fold
+from domain.jobs import JobState, fold
 from eventlog.bootstrap import Services, bootstrap
 from eventlog.catalog import BASE_MODELS, ensure_base_model
 from eventlog.store import Append, NewEvent
@@ -55,13 +56,17 @@ class Lease:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True, name="lease")
 
-    def acquire(self) -> None:
+    def acquire(self, start_heartbeat: bool = True) -> None:
         with self.svc.pool.connection() as c:
             c.execute(
                 "INSERT INTO leases (job_id, attempt, worker, expires_at) "
                 "VALUES (%s, %s, %s, now() + make_interval(secs => %s)) "
                 "ON CONFLICT (job_id) DO UPDATE SET attempt = EXCLUDED.attempt, worker = EXCLUDED.worker, "
                 "expires_at = EXCLUDED.expires_at", (self.job_id, self.attempt, self.worker, self.ttl))
+        if start_heartbeat:
+            self.start_heartbeat()
+
+    def start_heartbeat(self) -> None:
         self._thread.start()
 
     def _beat(self) -> None:
@@ -102,8 +107,24 @@ def _error(code: str, message: str, param: str | None = None) -> dict[str, Any]:
     return {"code": code, "message": message, "param": param}
 
 
-def run_training(job_id: str, attempt: int) -> str:
-    svc = bootstrap(pool_size=3)
+@dataclass
+class Claim:
+    """A won start: JobStarted appended (fenced by the stream version) and a lease taken."""
+
+    state: JobState
+    attempt: int
+    worker: str
+    version: int  # the stream's version after JobStarted
+    metadata: dict[str, Any]
+
+
+# Claims made by the RQ worker process just before it forks the work horse (the horse inherits this
+# dict). Claiming in the long-lived parent uses its warm connection: the horse would need a new one.
+PRECLAIMED: dict[tuple[str, int], "Claim | str"] = {}
+
+
+def claim(svc: Services, job_id: str, attempt: int) -> Claim | str:
+    """Start attempt `attempt` of the job, or say why not (a string)."""
     store = svc.store
     stream = job_stream(job_id)
     events = store.read_stream(stream)
@@ -113,20 +134,50 @@ def run_training(job_id: str, attempt: int) -> str:
     worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     meta = {"actor": f"worker:{worker}", "correlation_id": job_id,
             "causation_id": str(events[-1].global_position)}
+    if state.cancel_requested:  # asked to stop while it waited for a worker
+        try:
+            store.append(stream, state.version, [NewEvent("JobCancelled", {
+                "reason": "cancelled before it started", "at": _now()}, meta)])
+        except ConcurrencyConflict:
+            pass
+        return "cancelled"
     lease = Lease(svc, job_id, attempt, worker)
-    lease.acquire()
+    lease.acquire(start_heartbeat=False)
     try:
         store.append(stream, state.version, [NewEvent("JobStarted", {"attempt": attempt, "worker": worker,
                                                                      "started_at": _now()}, meta)])
     except ConcurrencyConflict:
         lease.release()
         return "skipped: another worker started it, or it changed"
-    progress = ProgressLog(store, job_id, state.version + 1, attempt, meta)
+    return Claim(state, attempt, worker, state.version + 1, meta)
+
+
+def preclaim(job_id: str, attempt: int) -> None:
+    """Called in the RQ worker process before the fork (see workers/__main__.py)."""
+    PRECLAIMED[(job_id, attempt)] = claim(bootstrap(pool_size=2), job_id, attempt)
+
+
+def run_training(job_id: str, attempt: int) -> str:
+    svc = bootstrap(pool_size=3)
+    won = PRECLAIMED.pop((job_id, attempt), None) or claim(svc, job_id, attempt)
+    if isinstance(won, str):
+        return won
+    lease = Lease(svc, job_id, attempt, won.worker)
+    lease.start_heartbeat()
+    progress = ProgressLog(svc.store, job_id, won.version, attempt, won.metadata)
     try:
-        return _train(svc, state, attempt, progress, lease)
+        return _train(svc, won.state, attempt, progress, lease)
     except Fenced as e:
         log.warning("job %s: fenced off (%s)", job_id, e)
         return "fenced"
+    except Exception as e:  # a bug or a lost dependency: fail the job with the reason, do not leave it running
+        log.exception("job %s failed unexpectedly", job_id)
+        try:
+            progress.flush(extra=[NewEvent("JobFailed", {"error": _error(
+                "internal_error", f"the worker failed: {type(e).__name__}: {e}"), "at": _now()}, progress.metadata)])
+        except Exception:  # the lease will expire and the dispatcher takes over
+            log.exception("could not record the failure of %s", job_id)
+        raise
     finally:
         lease.release()
 

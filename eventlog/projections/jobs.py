@@ -1,12 +1,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from domain.jobs import JobState, evolve
+from domain.jobs import VERSION_ONLY, JobState, evolve
 from eventlog.store import RecordedEvent
 
 _STATE_FIELDS = [f.name for f in fields(JobState)]
@@ -32,13 +32,21 @@ class JobsProjection:
         for row in conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE id = ANY(%s)", (list(touched),)):
             seqs[row["id"]] = row.pop("seq")
             states[row["id"]] = JobState(**row)
+        versions: dict[str, int] = {}
         for e in events:
             if not e.stream_id.startswith("job-"):
                 continue
             job_id = e.stream_id[4:]
+            if e.type in VERSION_ONLY:  # progress events: most of the log, and they only move the version
+                versions[job_id] = e.stream_version
+                continue
             if e.type == "JobCreated":
                 seqs[job_id] = e.global_position
             states[job_id] = evolve(states.get(job_id, JobState()), e.type, e.data, e.stream_version)
+            versions.pop(job_id, None)
+        for job_id, v in versions.items():
+            if job_id in states:
+                states[job_id] = replace(states[job_id], version=v)
         rows = []
         for job_id, s in states.items():
             if job_id not in seqs:  # events for a job whose creation we never saw: ignore

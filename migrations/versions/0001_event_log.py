@@ -79,7 +79,6 @@ def upgrade() -> None:
           -- optimistic concurrency: two writers expecting the same version cannot both append
           CONSTRAINT events_stream_version_key UNIQUE (stream_id, stream_version)
         );
-        CREATE INDEX events_type_idx ON events (type, global_position);
         COMMENT ON TABLE events IS 'Append-only. The application never updates or deletes rows.';
 
         -- Write side: the first response to each Idempotency-Key, stored in the append's transaction.
