@@ -7,7 +7,7 @@ from flask import Flask
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    from api import admin, auth, errors, health, openai_compat
+    from api import admin, auth, chat, errors, health, knowledge, openai_compat, registry, web
     from eventlog import settings as settings_mod
     from eventlog.bootstrap import bootstrap
 
@@ -24,4 +24,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(openai_compat.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(knowledge.bp)
+    app.register_blueprint(registry.bp)
+    app.register_blueprint(chat.bp)
+    app.register_blueprint(web.bp)
     return app

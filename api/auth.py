@@ -10,7 +10,8 @@ from flask import Flask, g, request
 from domain.errors import Forbidden, Unauthorized
 
 ROLES = ("admin", "trainer", "viewer")
-PUBLIC = {"/healthz", "/metrics", "/openapi.json"}
+PUBLIC = {"/", "/healthz", "/metrics", "/openapi.json"}
+VIEWER_WRITES = {"/v1/chat/completions", "/api/chat/feedback"}  # what the chat's users may POST
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def require(*roles: str) -> Principal:
 def register(app: Flask) -> None:
     @app.before_request
     def _authenticate():
-        if request.path in PUBLIC or request.method == "OPTIONS":
+        if request.path in PUBLIC or request.path.startswith("/ui/") or request.method == "OPTIONS":
             return None
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer ") or not header[7:].strip():
@@ -55,7 +56,7 @@ def register(app: Flask) -> None:
         if row is None:
             raise Unauthorized("invalid API key")
         g.principal = Principal(row["id"], row["role"], row["project"])
-        if request.method not in ("GET", "HEAD") and row["role"] == "viewer" and not request.path.startswith(
-                "/v1/chat/"):
-            raise Forbidden("viewer keys are read-only")
+        if (request.method not in ("GET", "HEAD") and row["role"] == "viewer"
+                and request.path not in VIEWER_WRITES):
+            raise Forbidden("viewer keys are read-only (they may chat and give feedback)")
         return None

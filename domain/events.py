@@ -188,3 +188,117 @@ def upcast(type_: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         type_, data = UPCASTERS[type_](data)
         seen += 1
     return type_, data
+
+
+# ---- knowledge base ----------------------------------------------------------------------------------
+def document_stream(document_id: str) -> str:
+    return f"document-{document_id}"
+
+
+def alias_stream(project: str, alias: str) -> str:
+    return f"alias-{project}/{alias}"
+
+
+def project_stream(project: str) -> str:
+    return f"project-{project}"
+
+
+def chat_stream(chat_id: str) -> str:
+    return f"chat-{chat_id}"
+
+
+@dataclass(frozen=True)
+class DocumentAdded(Event):
+    id: str
+    project: str
+    title: str
+    filename: str | None
+    media_type: str
+    bytes: int
+    sha256: str
+    text_sha256: str
+    created_at: int
+
+
+@dataclass(frozen=True)
+class ChunksEmbedded(Event):
+    """Chunk texts and their vectors (base64 of little-endian float32): replay needs no model."""
+
+    id: str
+    model: str
+    dims: int
+    chunks: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class DocumentIndexed(Event):
+    id: str
+    n_chunks: int
+    at: int
+
+
+@dataclass(frozen=True)
+class DocumentFailed(Event):
+    id: str
+    error: dict[str, Any]
+    at: int
+
+
+@dataclass(frozen=True)
+class DocumentDeleted(Event):
+    id: str
+    at: int
+
+
+@dataclass(frozen=True)
+class AliasPromoted(Event):
+    project: str
+    alias: str
+    model: str
+    previous: str | None
+    reason: str
+    at: int
+
+
+@dataclass(frozen=True)
+class ProjectSettingsChanged(Event):
+    project: str
+    settings: dict[str, Any]
+    at: int
+
+
+@dataclass(frozen=True)
+class ChatAnswered(Event):
+    id: str
+    project: str
+    model: str
+    alias: str | None
+    chunk_ids: list[str]
+    latency_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    created_at: int
+    messages: list[dict[str, Any]] | None = None  # only where the project allows storing chat text
+    answer: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackGiven(Event):
+    id: str
+    chat_id: str
+    project: str
+    rating: int
+    comment: str | None
+    corrected_answer: str | None
+    messages: list[dict[str, Any]] | None
+    approved: bool
+    actor: str
+    at: int
+
+
+@dataclass(frozen=True)
+class FeedbackApproved(Event):
+    id: str
+    chat_id: str
+    actor: str
+    at: int

@@ -30,6 +30,7 @@ from eventlog.store import CHANNEL, NewEvent
 
 log = logging.getLogger("tunelog.dispatcher")
 TRAINING_TIMEOUT = 24 * 3600  # explicit: RQ's default of 180 s would kill any real training run
+INDEXING_TIMEOUT = 3600
 ADVISORY_KEY = 0x7475_6E65  # "tune"
 
 
@@ -52,7 +53,14 @@ class Dispatcher:
 
     def enqueue(self, job_id: str, attempt: int, queue: str) -> bool:
         """Enqueue unless an RQ job for this attempt is already waiting or running. True if enqueued."""
-        rid = rq_job_id(job_id, attempt)
+        return self._enqueue(rq_job_id(job_id, attempt), "workers.jobs.run_training", (job_id, attempt), queue,
+                             TRAINING_TIMEOUT, f"train {job_id} attempt {attempt}")
+
+    def enqueue_indexing(self, document_id: str) -> bool:
+        return self._enqueue(f"{document_id}-index", "workers.embed.index_document", (document_id,), "cpu",
+                             INDEXING_TIMEOUT, f"index {document_id}")
+
+    def _enqueue(self, rid: str, func: str, args: tuple, queue: str, timeout: int, description: str) -> bool:
         try:
             existing = Job.fetch(rid, connection=self.redis)
             status = existing.get_status(refresh=True)
@@ -64,9 +72,8 @@ class Dispatcher:
         except NoSuchJobError:
             pass
         Queue(queue, connection=self.redis).enqueue_call(
-            "workers.jobs.run_training", args=(job_id, attempt), job_id=rid, timeout=TRAINING_TIMEOUT,
-            result_ttl=7 * 24 * 3600, failure_ttl=7 * 24 * 3600,
-            description=f"train {job_id} attempt {attempt}")
+            func, args=args, job_id=rid, timeout=timeout, result_ttl=7 * 24 * 3600, failure_ttl=7 * 24 * 3600,
+            description=description)
         log.info("enqueued %s on %s", rid, queue)
         return True
 
@@ -77,6 +84,8 @@ class Dispatcher:
             self.position = e.global_position
             if e.type == "JobCreated":
                 self.enqueue(e.data["id"], 1, e.data["queue"])
+            elif e.type == "DocumentAdded":
+                self.enqueue_indexing(e.data["id"])
             elif e.type == "JobAttemptLost" and e.data.get("requeued"):
                 state = self._state(e.stream_id[4:])
                 if state.status == "queued":
@@ -92,8 +101,11 @@ class Dispatcher:
             expired = c.execute(
                 "SELECT j.id FROM jobs j LEFT JOIN leases l ON l.job_id = j.id "
                 "WHERE j.status = 'running' AND (l.job_id IS NULL OR l.expires_at < now())").fetchall()
+            documents = c.execute("SELECT id FROM documents WHERE status = 'processing'").fetchall()
         for row in queued:
             self.enqueue(row["id"], row["attempt"], row["queue"])
+        for row in documents:
+            self.enqueue_indexing(row["id"])
         for row in expired:
             self.declare_lost(row["id"])
 

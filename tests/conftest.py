@@ -88,8 +88,9 @@ def stack(pg_server, redis_server, tmp_root, base_model):
     admin = "tl-test-admin-" + os.urandom(8).hex()
     register_key(db, admin, role="admin", project="default", name="test admin")
     s.admin_key = admin
-    for name in ("web", "projector", "dispatcher", "worker-cpu"):
-        s.start(name)
+    for name, instance in (("web", None), ("projector", None), ("dispatcher", None),
+                           ("worker-cpu", "worker-cpu.1"), ("worker-cpu", "worker-cpu.2")):
+        s.start(name, instance)
     s.wait_healthy()
     yield s
     s.stop_all()

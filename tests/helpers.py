@@ -79,6 +79,28 @@ class Stack:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
 
+    def cpu_workers(self) -> list[str]:
+        return sorted(k for k in self.procs if k.startswith("worker-cpu"))
+
+    def stop_cpu_workers(self) -> list[str]:
+        keys = self.cpu_workers()
+        for k in keys:
+            self.kill(k, signal.SIGTERM)
+        return keys
+
+    def start_cpu_workers(self, keys: list[str]) -> None:
+        for k in keys:
+            self.start("worker-cpu", k)
+
+    def worker_of_job(self, job_id: str) -> str:
+        """The cpu worker instance holding the job's lease (claimed in the worker process itself)."""
+        row = self.sql("SELECT worker FROM leases WHERE job_id = %s", (job_id,))
+        pid = int(row[0]["worker"].split(":")[1])
+        for k, p in self.procs.items():
+            if p.pid == pid:
+                return k
+        raise AssertionError(f"no managed process has pid {pid}")
+
     def kill_tree(self, key: str) -> list[int]:
         """SIGKILL a process and every descendant (RQ's work horse runs in a session of its own), as
         when the machine or container under a worker dies."""

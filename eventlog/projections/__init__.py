@@ -2,7 +2,10 @@
 the runner writes the projection's checkpoint in that same transaction (exactly once)."""
 from __future__ import annotations
 
+from eventlog.projections.aliases import AliasesProjection, SettingsProjection
+from eventlog.projections.chat import ChatProjection
 from eventlog.projections.checkpoints import CheckpointsProjection
+from eventlog.projections.documents import DocumentsProjection
 from eventlog.projections.files import FilesProjection
 from eventlog.projections.jobs import JobsProjection
 from eventlog.projections.keys import KeysProjection
@@ -10,4 +13,5 @@ from eventlog.projections.models import ModelsProjection
 
 
 def all_projections() -> list:
-    return [FilesProjection(), JobsProjection(), CheckpointsProjection(), KeysProjection(), ModelsProjection()]
+    return [FilesProjection(), JobsProjection(), CheckpointsProjection(), KeysProjection(), ModelsProjection(),
+            DocumentsProjection(), AliasesProjection(), SettingsProjection(), ChatProjection()]

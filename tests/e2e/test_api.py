@@ -32,7 +32,7 @@ def test_an_idempotency_key_retry_returns_the_first_response_and_appends_nothing
 def test_a_queued_job_is_cancelled_at_once_and_cancel_is_repeatable(stack):
     k = stack.new_key("trainer")["key"]
     fid = stack.http("POST", "/v1/files", k, files={"file": ("t.jsonl", GOOD)}, data={"purpose": "fine-tune"}).json()["id"]
-    stack.kill("worker-cpu")  # nothing picks the job up
+    stopped = stack.stop_cpu_workers()  # nothing picks the job up
     try:
         job = stack.http("POST", "/v1/fine_tuning/jobs", k, json={"model": "smollm2-135m-instruct",
                                                                   "training_file": fid}).json()
@@ -42,7 +42,7 @@ def test_a_queued_job_is_cancelled_at_once_and_cancel_is_repeatable(stack):
         assert again.status_code == 200 and again.json()["status"] == "cancelled"
         assert stack.http("GET", f"/v1/fine_tuning/jobs/{job['id']}", k).json()["status"] == "cancelled"
     finally:
-        stack.start("worker-cpu")
+        stack.start_cpu_workers(stopped)
 
 
 def test_deleting_a_file(stack):
@@ -79,7 +79,8 @@ def test_keys_are_stored_hashed_never_in_clear(stack):
 
 
 def test_replay_over_http_rebuilds_the_same_read_models(stack):
-    tables = ["jobs", "files", "job_checkpoints", "api_keys", "models"]
+    tables = ["jobs", "files", "job_checkpoints", "api_keys", "models", "documents", "chunks", "aliases",
+              "project_settings", "chat_answers", "chat_feedback"]
     head = "SELECT max(global_position) AS p FROM events"
     for _ in range(5):  # compare at a quiet moment (no job of an earlier test appending meanwhile)
         h0 = stack.sql(head)[0]["p"]

@@ -1,6 +1,5 @@
 """Faults: cancel mid-run, a worker killed mid-job, Redis losing everything. Nothing is lost."""
 import os
-import signal
 import time
 
 import pytest
@@ -57,9 +56,10 @@ def test_a_worker_killed_mid_job_is_detected_and_the_job_requeued_then_succeeds(
     wait_metrics(stack, key, job_id)
     lease = stack.sql("SELECT worker, attempt FROM leases WHERE job_id = %s", (job_id,))
     assert lease and lease[0]["attempt"] == 1
-    killed = stack.kill_tree("worker-cpu")  # the worker, its work horse and the training process
+    victim = stack.worker_of_job(job_id)
+    killed = stack.kill_tree(victim)  # the worker, its work horse and the training process
     assert len(killed) >= 3
-    stack.start("worker-cpu")
+    stack.start("worker-cpu", victim)
     job = stack.wait_job(key, job_id, {"succeeded", "failed"}, timeout=300)
     assert job["status"] == "succeeded", job["error"]
     types = [e["type"] for e in stack.sql("SELECT type FROM events WHERE stream_id = %s ORDER BY stream_version",
@@ -74,13 +74,13 @@ def test_jobs_queued_when_redis_loses_everything_still_finish(stack):
 
     key = stack.new_key("trainer")["key"]
     fid = upload(stack, key)
-    stack.kill("worker-cpu", signal.SIGTERM)  # keep the jobs waiting in the queue
+    stopped = stack.stop_cpu_workers()  # keep the jobs waiting in the queue
     jobs = [create(stack, key, fid) for _ in range(2)]
     time.sleep(1.0)
     r = redis.Redis.from_url(stack.env["REDIS_URL"])
     assert r.llen("rq:queue:cpu") >= 1
     r.flushall()
     assert r.llen("rq:queue:cpu") == 0
-    stack.start("worker-cpu")
+    stack.start_cpu_workers(stopped)
     for job_id in jobs:
         assert stack.wait_job(key, job_id, {"succeeded", "failed"}, timeout=300)["status"] == "succeeded"

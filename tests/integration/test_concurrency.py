@@ -9,7 +9,8 @@ from eventlog.runner import catch_up, replay
 from eventlog.store import EventStore, NewEvent
 
 WRITERS, APPENDS = 4, 2000
-READ_MODELS = ["jobs", "files", "job_checkpoints", "api_keys", "models"]
+READ_MODELS = ["jobs", "files", "job_checkpoints", "api_keys", "models", "documents", "chunks", "aliases",
+               "project_settings", "chat_answers", "chat_feedback"]
 
 
 def _writer(db_url: str, w: int, n: int) -> None:

@@ -1,0 +1,311 @@
+"""POST /v1/chat/completions (OpenAI shape, streaming or not) with retrieval over the knowledge base,
+answered by the model an id or alias names; every answer becomes a ChatAnswered event. Feedback on
+answers, and training files built from approved corrections."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request, stream_with_context
+
+from api.auth import require
+from api.common import Idempotent, append_and_respond, json_body, metadata, now, page_limit, svc
+from api.registry import ResolvedModel, resolve, settings_for
+from domain.errors import NotFound, ValidationError
+from domain.events import ChatAnswered, FeedbackApproved, FeedbackGiven, chat_stream
+from eventlog.store import NewEvent
+
+bp = Blueprint("chat", __name__)
+
+SYSTEM_PROMPT = (
+    "You are the tutor of this school. Explain clearly and step by step at the student's level, check "
+    "understanding with a short question, encourage the student, and never invent facts about the school."
+)
+MAX_TOKENS_LIMIT = 2048
+
+
+def _text(content: Any) -> str:
+    """OpenAI content: a string, or a list of parts of which the text ones count."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def parse_request(body: dict[str, Any]) -> dict[str, Any]:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ValidationError("model is required (a model id or an alias such as 'tutor')", param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValidationError("messages must be a non-empty list", param="messages")
+    clean = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant", "tool"):
+            raise ValidationError(f"messages[{i}] needs a role of system, developer, user, assistant or tool",
+                                  param=f"messages[{i}].role")
+        text = _text(m.get("content"))
+        if m.get("content") is not None and not isinstance(m.get("content"), (str, list)):
+            raise ValidationError(f"messages[{i}].content must be a string or a list of parts",
+                                  param=f"messages[{i}].content")
+        clean.append({"role": "system" if m["role"] == "developer" else m["role"], "content": text})
+    if not any(m["role"] == "user" for m in clean):
+        raise ValidationError("messages need at least one user message", param="messages")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens", 256))
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
+        raise ValidationError(f"max_tokens must be an integer between 1 and {MAX_TOKENS_LIMIT}", param="max_tokens")
+    temperature = body.get("temperature", 0.7)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+        raise ValidationError("temperature must be a number between 0 and 2", param="temperature")
+    top_p = body.get("top_p", 1.0)
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ValidationError("top_p must be a number greater than 0 and at most 1", param="top_p")
+    if body.get("n", 1) != 1:
+        raise ValidationError("only n = 1 is supported", param="n")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValidationError("seed must be an integer", param="seed")
+    retrieval = body.get("retrieval", True)
+    top_k = 4
+    if isinstance(retrieval, dict):
+        top_k = retrieval.get("top_k", 4)
+        retrieval = retrieval.get("enabled", True)
+    if not isinstance(retrieval, bool):
+        raise ValidationError("retrieval must be true, false or {\"enabled\", \"top_k\"}", param="retrieval")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 20:
+        raise ValidationError("retrieval.top_k must be an integer between 1 and 20", param="retrieval.top_k")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ValidationError("stream must be true or false", param="stream")
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    return {"model": model, "messages": clean, "max_tokens": max_tokens, "temperature": float(temperature),
+            "top_p": float(top_p), "seed": seed, "retrieval": retrieval, "top_k": top_k, "stream": stream,
+            "include_usage": include_usage}
+
+
+def retrieve(project: str, query: str, top_k: int) -> list[dict[str, Any]]:
+    """Top-k chunks of this project's documents by cosine similarity (HNSW, iterative scan so that
+    the project filter does not starve the result)."""
+    from pgvector.psycopg import register_vector
+
+    from eventlog.embeddings import embedder
+
+    vector = embedder().encode([query])[0]
+    with svc().pool.connection() as c:
+        register_vector(c)
+        with c.transaction():
+            c.execute("SET LOCAL hnsw.ef_search = 100")
+            c.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            rows = c.execute(
+                "SELECT c.id, c.document_id, c.idx, c.text, d.title, 1 - (c.embedding <=> %(v)s) AS score "
+                "FROM chunks c JOIN documents d ON d.id = c.document_id "
+                "WHERE c.project = %(p)s ORDER BY c.embedding <=> %(v)s LIMIT %(k)s",
+                {"v": vector, "p": project, "k": top_k}).fetchall()
+    return [{"chunk_id": r["id"], "document_id": r["document_id"], "chunk": r["idx"], "title": r["title"],
+             "score": round(float(r["score"]), 4), "text": r["text"]} for r in rows]
+
+
+def build_prompt(messages: list[dict[str, str]], sources: list[dict[str, Any]]) -> list[dict[str, str]]:
+    system = SYSTEM_PROMPT
+    if sources:
+        passages = "\n".join(f"[{i + 1}] ({s['title']}) {s['text']}" for i, s in enumerate(sources))
+        system += ("\n\nUse these passages from the school's documents when they help, and cite them as [1], "
+                   f"[2]:\n{passages}")
+    own = [m["content"] for m in messages if m["role"] == "system" and m["content"]]
+    if own:
+        system += "\n\n" + "\n".join(own)
+    return [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
+
+
+def _public_sources(sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"document_id": s["document_id"], "chunk": s["chunk"], "chunk_id": s["chunk_id"], "title": s["title"],
+             "score": s["score"], "text": s["text"]} for s in sources]
+
+
+def _record(resolved: ResolvedModel, req: dict[str, Any], chat_id: str, sources: list, gen, started: float,
+            created: int, principal, request_meta: dict[str, Any]) -> None:
+    store_text = settings_for(principal.project).store_chat_text
+    ev = ChatAnswered(
+        id=chat_id, project=principal.project, model=resolved.id, alias=resolved.alias,
+        chunk_ids=[s["chunk_id"] for s in sources], latency_ms=round((time.perf_counter() - started) * 1000, 1),
+        prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens, created_at=created,
+        messages=req["messages"] if store_text else None, answer=gen.text if store_text else None)
+    svc().store.append(chat_stream(chat_id), 0, [NewEvent(ev.type, ev.to_data(), request_meta)])
+
+
+@bp.post("/v1/chat/completions")
+def chat_completions():
+    from api.generation import Generation, server
+
+    started = time.perf_counter()
+    principal = g.principal
+    req = parse_request(json_body())
+    resolved = resolve(principal.project, req["model"])
+    query = next((m["content"] for m in reversed(req["messages"]) if m["role"] == "user"), "")
+    sources = retrieve(principal.project, query, req["top_k"]) if req["retrieval"] and query.strip() else []
+    prompt = build_prompt(req["messages"], sources)
+    s = svc().settings
+    gen = Generation()
+    pieces = server(s.model_dir, s.data_dir).stream(
+        base_id=resolved.base_model, model_id=resolved.id, artifact_path=resolved.artifact_path, messages=prompt,
+        max_tokens=req["max_tokens"], temperature=req["temperature"], top_p=req["top_p"], seed=req["seed"],
+        result=gen)
+    chat_id = "chatcmpl-" + uuid.uuid4().hex[:24]
+    created = now()
+    meta = metadata(chat_id)
+    extra = {"sources": _public_sources(sources),
+             "tunelog": {"chat_id": chat_id, "model": resolved.id, "alias": resolved.alias,
+                         "retrieval": req["retrieval"]}}
+    if not req["stream"]:
+        text = "".join(pieces)
+        _record(resolved, req, chat_id, sources, gen, started, created, principal, meta)
+        return jsonify({
+            "id": chat_id, "object": "chat.completion", "created": created, "model": resolved.id,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+                         "logprobs": None, "finish_reason": gen.finish_reason}],
+            "usage": {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
+                      "total_tokens": gen.prompt_tokens + gen.completion_tokens},
+            "system_fingerprint": None, **extra})
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **more: Any) -> str:
+        body = {"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": resolved.id,
+                "system_fingerprint": None,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **more}
+        return f"data: {json.dumps(body)}\n\n"
+
+    def events():
+        yield chunk({"role": "assistant", "content": ""}, **extra)
+        for piece in pieces:
+            yield chunk({"content": piece})
+        yield chunk({}, gen.finish_reason)
+        usage = {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
+                 "total_tokens": gen.prompt_tokens + gen.completion_tokens}
+        if req["include_usage"]:
+            yield ("data: " + json.dumps({"id": chat_id, "object": "chat.completion.chunk", "created": created,
+                                          "model": resolved.id, "choices": [], "usage": usage}) + "\n\n")
+        _record(resolved, req, chat_id, sources, gen, started, created, principal, meta)
+        yield "data: [DONE]\n\n"
+
+    return Response(stream_with_context(events()), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+# ---- who answered what, feedback, datasets from feedback --------------------------------------------------
+@bp.get("/api/chat/answers")
+def chat_answers():
+    require("admin")
+    limit = page_limit(default=50, maximum=1000)
+    sql = "SELECT * FROM chat_answers WHERE project = %s"
+    params: list[Any] = [g.principal.project]
+    if request.args.get("model"):
+        sql += " AND model = %s"
+        params.append(request.args["model"])
+    sql += " ORDER BY seq DESC LIMIT %s"
+    params.append(limit)
+    with svc().pool.connection() as c:
+        rows = c.execute(sql, params).fetchall()
+    return jsonify({"object": "list", "data": rows})
+
+
+@bp.post("/api/chat/feedback")
+def give_feedback():
+    p = g.principal
+    body = json_body()
+    chat_id = body.get("chat_id")
+    if not isinstance(chat_id, str):
+        raise ValidationError("chat_id is required (the id of a chat completion)", param="chat_id")
+    with svc().pool.connection() as c:
+        answer = c.execute("SELECT * FROM chat_answers WHERE id = %s AND project = %s", (chat_id, p.project)).fetchone()
+    if answer is None:
+        raise NotFound(f"no chat answer {chat_id} in this project", param="chat_id")
+    rating = body.get("rating")
+    if isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5:
+        raise ValidationError("rating must be an integer from 1 to 5", param="rating")
+    corrected = body.get("corrected_answer")
+    if corrected is not None and (not isinstance(corrected, str) or not corrected.strip()):
+        raise ValidationError("corrected_answer must be non-empty text", param="corrected_answer")
+    comment = body.get("comment")
+    if comment is not None and not isinstance(comment, str):
+        raise ValidationError("comment must be text", param="comment")
+    messages = answer["messages"]
+    if corrected and messages is None:
+        messages = body.get("messages")
+        if (not isinstance(messages, list) or not messages or
+                not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)):
+            raise ValidationError("this project does not store chat text, so a correction must carry the "
+                                  "conversation it corrects in 'messages'", param="messages")
+        messages = [{"role": m.get("role"), "content": m["content"]} for m in messages]
+    idem = Idempotent(body)
+    replay = idem.replay()
+    if replay is not None:
+        return replay
+    fid = "fb-" + uuid.uuid4().hex[:20]
+    ev = FeedbackGiven(id=fid, chat_id=chat_id, project=p.project, rating=rating, comment=comment,
+                       corrected_answer=corrected, messages=messages if corrected else None,
+                       approved=bool(corrected) and p.role in ("admin", "trainer"), actor=p.key_id, at=now())
+    out = {"object": "chat.feedback", **ev.to_data()}
+    return append_and_respond(idem, 201, out, lambda cmd: svc().store.append(
+        chat_stream(chat_id), None, [NewEvent(ev.type, ev.to_data(), metadata(chat_id))], command=cmd))
+
+
+@bp.post("/api/chat/feedback/<feedback_id>/approve")
+def approve_feedback(feedback_id: str):
+    p = require("admin", "trainer")
+    with svc().pool.connection() as c:
+        row = c.execute("SELECT * FROM chat_feedback WHERE id = %s AND project = %s", (feedback_id, p.project)).fetchone()
+    if row is None:
+        raise NotFound(f"no feedback {feedback_id} in this project", param="feedback_id")
+    if row["corrected_answer"] is None:
+        raise ValidationError("only feedback with a corrected answer can be approved for training",
+                              param="feedback_id")
+    if row["approved"]:
+        return jsonify({"object": "chat.feedback", "id": feedback_id, "approved": True})
+    idem = Idempotent({"feedback": feedback_id})
+    ev = FeedbackApproved(id=feedback_id, chat_id=row["chat_id"], actor=p.key_id, at=now())
+    return append_and_respond(idem, 200, {"object": "chat.feedback", "id": feedback_id, "approved": True},
+                              lambda cmd: svc().store.append(chat_stream(row["chat_id"]), None,
+                                                             [NewEvent(ev.type, ev.to_data(),
+                                                                       metadata(row["chat_id"]))], command=cmd))
+
+
+@bp.post("/api/datasets/from-feedback")
+def dataset_from_feedback():
+    """A fine-tune file of every approved correction: the conversation, answered the corrected way."""
+    import hashlib
+
+    from api.openai_compat import file_object
+    from domain.datasets import check_chat_jsonl
+    from domain.events import FileUploaded, file_stream
+
+    p = require("admin", "trainer")
+    with svc().pool.connection() as c:
+        rows = c.execute("SELECT * FROM chat_feedback WHERE project = %s AND approved AND corrected_answer IS NOT NULL "
+                         "ORDER BY seq", (p.project,)).fetchall()
+    if not rows:
+        raise ValidationError("there is no approved correction to build a training file from", param=None,
+                              code="no_approved_feedback")
+    lines = []
+    for r in rows:
+        convo = [m for m in r["messages"] if m.get("role") in ("system", "user", "assistant")]
+        while convo and convo[-1]["role"] == "assistant":
+            convo.pop()
+        lines.append(json.dumps({"messages": convo + [{"role": "assistant", "content": r["corrected_answer"]}]}))
+    content = ("\n".join(lines) + "\n").encode()
+    report = check_chat_jsonl(content, min_examples=1, max_tokens=10**9)
+    sha = hashlib.sha256(content).hexdigest()
+    idem = Idempotent({"sha256": sha})
+    replay = idem.replay()
+    if replay is not None:
+        return replay
+    with svc().pool.connection() as c:
+        c.execute("INSERT INTO blobs (sha256, content) VALUES (%s, %s) ON CONFLICT DO NOTHING", (sha, content))
+    file_id = "file-" + uuid.uuid4().hex[:24]
+    ev = FileUploaded(id=file_id, project=p.project, filename=f"feedback-{time.strftime('%Y%m%d-%H%M%S')}.jsonl",
+                      purpose="fine-tune", bytes=len(content), sha256=sha, created_at=now(),
+                      stats={**report.stats(), "source": "feedback", "feedback_ids": [r["id"] for r in rows]})
+    body = {**file_object(ev.to_data()), "examples": len(rows)}
+    return append_and_respond(idem, 200, body, lambda cmd: svc().store.append(
+        file_stream(file_id), 0, [NewEvent(ev.type, ev.to_data(), metadata(file_id))], command=cmd))

@@ -1,0 +1,165 @@
+"""The model registry's moving parts: aliases (promotion with reason and history) and project settings."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, g, jsonify
+
+from api.auth import require
+from api.common import Idempotent, append_and_respond, json_body, metadata, now, svc
+from domain.errors import ConcurrencyConflict, Conflict, NotFound, ValidationError
+from domain.events import AliasPromoted, ProjectSettingsChanged, alias_stream, project_stream
+from domain.projects import DEFAULT_ALIAS, ProjectSettings, check_promotion
+from eventlog.catalog import BASE_MODELS
+from eventlog.store import NewEvent
+
+bp = Blueprint("registry", __name__, url_prefix="/api")
+ALIAS_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+DEFAULT_BASE = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    id: str
+    alias: str | None
+    backend: str  # hf-base | hf-lora
+    base_model: str
+    artifact_path: str | None
+    score: float | None  # final validation loss, lower is better
+
+
+def settings_for(project: str) -> ProjectSettings:
+    with svc().pool.connection() as c:
+        row = c.execute("SELECT settings FROM project_settings WHERE project = %s", (project,)).fetchone()
+    return ProjectSettings.from_dict(row["settings"] if row else None)
+
+
+def alias_target(project: str, alias: str) -> str | None:
+    with svc().pool.connection() as c:
+        row = c.execute("SELECT model FROM aliases WHERE project = %s AND alias = %s", (project, alias)).fetchone()
+    if row:
+        return row["model"]
+    return DEFAULT_BASE if alias == DEFAULT_ALIAS else None
+
+
+def resolve(project: str, name: str) -> ResolvedModel:
+    """A model id or an alias of this project -> what serves it. 404 when unknown."""
+    alias = None
+    target = alias_target(project, name) if ALIAS_RE.match(name) and name not in BASE_MODELS else None
+    if target is not None:
+        alias, name = name, target
+    if name in BASE_MODELS:
+        return ResolvedModel(name, alias, "hf-base", name, None, None)
+    with svc().pool.connection() as c:
+        row = c.execute("SELECT * FROM models WHERE id = %s AND project = %s", (name, project)).fetchone()
+    if row is None:
+        raise NotFound(f"the model {name!r} does not exist (nor an alias of that name)", param="model",
+                       code="model_not_found")
+    score = (row["lineage"].get("final_metrics") or {}).get("valid_loss")
+    return ResolvedModel(row["id"], alias, row["backend"], row["base_model"], row["artifact_path"], score)
+
+
+def _history(project: str, alias: str) -> list[dict[str, Any]]:
+    with svc().pool.connection() as c:
+        rows = c.execute("SELECT global_position, data, metadata, recorded_at FROM events WHERE stream_id = %s "
+                         "ORDER BY stream_version", (alias_stream(project, alias),)).fetchall()
+    out = []
+    if alias == DEFAULT_ALIAS:
+        out.append({"model": DEFAULT_BASE, "previous": None, "reason": "default: the bundled base model",
+                    "actor": "system", "at": None, "position": None})
+    for r in rows:
+        d = r["data"]
+        out.append({"model": d["model"], "previous": d["previous"], "reason": d["reason"],
+                    "actor": r["metadata"].get("actor"), "at": d["at"], "position": r["global_position"]})
+    return out
+
+
+@bp.get("/aliases")
+def list_aliases():
+    with svc().pool.connection() as c:
+        rows = c.execute("SELECT alias, model, updated_at FROM aliases WHERE project = %s ORDER BY alias",
+                         (g.principal.project,)).fetchall()
+    data = [{"object": "alias", **r} for r in rows]
+    if not any(r["alias"] == DEFAULT_ALIAS for r in rows):
+        data.insert(0, {"object": "alias", "alias": DEFAULT_ALIAS, "model": DEFAULT_BASE, "updated_at": None})
+    return jsonify({"object": "list", "data": data})
+
+
+@bp.get("/aliases/<alias>")
+def get_alias(alias: str):
+    target = alias_target(g.principal.project, alias)
+    if target is None:
+        raise NotFound(f"no alias {alias!r} in this project", param="alias")
+    return jsonify({"object": "alias", "alias": alias, "model": target})
+
+
+@bp.get("/aliases/<alias>/history")
+def alias_history(alias: str):
+    history = _history(g.principal.project, alias)
+    if not history:
+        raise NotFound(f"no alias {alias!r} in this project", param="alias")
+    return jsonify({"object": "list", "alias": alias, "data": history})
+
+
+@bp.post("/aliases/<alias>")
+def promote(alias: str):
+    p = require("admin", "trainer")
+    if not ALIAS_RE.match(alias) or alias in BASE_MODELS:
+        raise ValidationError("an alias is 1-64 characters of a-z, 0-9, '-' or '_', and not a model id",
+                              param="alias")
+    body = json_body()
+    model, reason = body.get("model"), body.get("reason")
+    if not isinstance(model, str) or not model:
+        raise ValidationError("model is required", param="model")
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValidationError("reason is required: say why this model is promoted", param="reason")
+    idem = Idempotent(body)
+    replay = idem.replay()
+    if replay is not None:
+        return replay
+    new = resolve(p.project, model)
+    if new.alias is not None:
+        raise ValidationError(f"{model!r} is an alias; promote a model id", param="model")
+    settings = settings_for(p.project)
+    stream = alias_stream(p.project, alias)
+    for _ in range(10):
+        version = svc().store.stream_version(stream)
+        current = alias_target(p.project, alias)
+        if current is not None:
+            cur = resolve(p.project, current)
+            check_promotion(settings, alias, new.id, new.score, cur.id, cur.score)
+        else:
+            check_promotion(settings, alias, new.id, new.score, "(none)", None)
+        ev = AliasPromoted(project=p.project, alias=alias, model=new.id, previous=current, reason=reason.strip(),
+                           at=now())
+        body_out = {"object": "alias", "alias": alias, "model": new.id, "previous": current, "reason": ev.reason}
+        try:
+            return append_and_respond(idem, 200, body_out, lambda cmd: svc().store.append(
+                stream, version, [NewEvent(ev.type, ev.to_data(), metadata(stream))], command=cmd))
+        except ConcurrencyConflict:
+            continue
+    raise Conflict("the alias is being changed concurrently; try again", code="concurrency_conflict")
+
+
+@bp.get("/settings")
+def get_settings():
+    return jsonify({"object": "settings", "project": g.principal.project,
+                    **settings_for(g.principal.project).to_dict()})
+
+
+@bp.put("/settings")
+@bp.patch("/settings")
+def put_settings():
+    p = require("admin")
+    patch = json_body()
+    idem = Idempotent(patch)
+    replay = idem.replay()
+    if replay is not None:
+        return replay
+    new = settings_for(p.project).updated(patch)
+    ev = ProjectSettingsChanged(project=p.project, settings=new.to_dict(), at=now())
+    body = {"object": "settings", "project": p.project, **new.to_dict()}
+    return append_and_respond(idem, 200, body, lambda cmd: svc().store.append(
+        project_stream(p.project), None, [NewEvent(ev.type, ev.to_data(), metadata(p.project))], command=cmd))

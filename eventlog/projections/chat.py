@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from eventlog.store import RecordedEvent
+
+
+class ChatProjection:
+    """Which model answered what (and the feedback on it)."""
+
+    name = "chat"
+    tables = ("chat_answers", "chat_feedback")
+
+    def apply(self, conn: psycopg.Connection, events: Sequence[RecordedEvent]) -> None:
+        for e in events:
+            d = e.data
+            if e.type == "ChatAnswered":
+                conn.execute(
+                    "INSERT INTO chat_answers (id, project, model, alias, chunk_ids, latency_ms, prompt_tokens, "
+                    "completion_tokens, messages, answer, created_at, seq) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (d["id"], d["project"], d["model"], d.get("alias"), Jsonb(d["chunk_ids"]), d["latency_ms"],
+                     d["prompt_tokens"], d["completion_tokens"],
+                     Jsonb(d["messages"]) if d.get("messages") is not None else None, d.get("answer"),
+                     d["created_at"], e.global_position))
+            elif e.type == "FeedbackGiven":
+                conn.execute(
+                    "INSERT INTO chat_feedback (id, chat_id, project, rating, comment, corrected_answer, messages, "
+                    "approved, actor, created_at, seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (d["id"], d["chat_id"], d["project"], d["rating"], d.get("comment"), d.get("corrected_answer"),
+                     Jsonb(d["messages"]) if d.get("messages") is not None else None, d["approved"], d["actor"],
+                     d["at"], e.global_position))
+            elif e.type == "FeedbackApproved":
+                conn.execute("UPDATE chat_feedback SET approved = true WHERE id = %s", (d["id"],))
