@@ -86,26 +86,27 @@ def parse_request(body: dict[str, Any]) -> dict[str, Any]:
             "include_usage": include_usage}
 
 
-def retrieve(project: str, query: str, top_k: int) -> list[dict[str, Any]]:
-    """Top-k chunks of this project's documents by cosine similarity (HNSW, iterative scan so that
-    the project filter does not starve the result)."""
-    from pgvector.psycopg import register_vector
+def search(conn, project: str, vector, top_k: int) -> list[dict[str, Any]]:
+    """Top-k chunks of this project's documents by cosine similarity: HNSW with ef_search 100, and an
+    iterative scan so that the project filter cannot starve the result."""
+    with conn.transaction():  # pool connections have pgvector's adapters (eventlog/db.py)
+        conn.execute("SET LOCAL hnsw.ef_search = 100")
+        conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        rows = conn.execute(
+            "SELECT c.id, c.document_id, c.idx, c.text, d.title, 1 - (c.embedding <=> %(v)s) AS score "
+            "FROM chunks c JOIN documents d ON d.id = c.document_id "
+            "WHERE c.project = %(p)s ORDER BY c.embedding <=> %(v)s LIMIT %(k)s",
+            {"v": vector, "p": project, "k": top_k}).fetchall()
+    return [{"chunk_id": r["id"], "document_id": r["document_id"], "chunk": r["idx"], "title": r["title"],
+             "score": round(float(r["score"]), 4), "text": r["text"]} for r in rows]
 
+
+def retrieve(project: str, query: str, top_k: int) -> list[dict[str, Any]]:
     from eventlog.embeddings import embedder
 
     vector = embedder().encode([query])[0]
     with svc().pool.connection() as c:
-        register_vector(c)
-        with c.transaction():
-            c.execute("SET LOCAL hnsw.ef_search = 100")
-            c.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-            rows = c.execute(
-                "SELECT c.id, c.document_id, c.idx, c.text, d.title, 1 - (c.embedding <=> %(v)s) AS score "
-                "FROM chunks c JOIN documents d ON d.id = c.document_id "
-                "WHERE c.project = %(p)s ORDER BY c.embedding <=> %(v)s LIMIT %(k)s",
-                {"v": vector, "p": project, "k": top_k}).fetchall()
-    return [{"chunk_id": r["id"], "document_id": r["document_id"], "chunk": r["idx"], "title": r["title"],
-             "score": round(float(r["score"]), 4), "text": r["text"]} for r in rows]
+        return search(c, project, vector, top_k)
 
 
 def build_prompt(messages: list[dict[str, str]], sources: list[dict[str, Any]]) -> list[dict[str, str]]:

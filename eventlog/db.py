@@ -41,7 +41,7 @@ def pool(url: str, max_size: int = 10) -> ConnectionPool:
         if p is None:
             p = ConnectionPool(
                 psycopg_url(url), min_size=1, max_size=max_size, open=True, timeout=10,
-                kwargs={"row_factory": dict_row, "autocommit": True},
+                kwargs={"row_factory": dict_row, "autocommit": True}, configure=_configure_connection,
             )
             _pools[key] = p
         return p
@@ -49,6 +49,16 @@ def pool(url: str, max_size: int = 10) -> ConnectionPool:
 
 # No per-checkout health check (it would cost a round trip per append): a broken connection raises
 # OperationalError, which callers translate (503 / retry), and the pool replaces it when returned.
+
+
+def _configure_connection(conn: psycopg.Connection) -> None:
+    """pgvector's type adapters, once per connection (not a catalog lookup per query)."""
+    from pgvector.psycopg import register_vector
+
+    try:
+        register_vector(conn)
+    except psycopg.ProgrammingError:  # the extension is not there yet (before the first migration)
+        pass
 
 
 def connect(url: str, autocommit: bool = True) -> psycopg.Connection:

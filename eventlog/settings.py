@@ -31,6 +31,7 @@ class Settings:
     max_attempts: int = 3
     training_queue: str = "cpu"
     max_seq_len: int = 1024
+    cpu_workers: int = 2
     model_dir: Path = field(default_factory=lambda: ROOT / ".data" / "models")
 
     @property
@@ -69,6 +70,7 @@ def load() -> Settings:
         max_attempts=_int("TUNELOG_MAX_ATTEMPTS", 3),
         training_queue=default_training_queue(),
         max_seq_len=_int("TUNELOG_MAX_SEQ_LEN", 1024),
+        cpu_workers=max(1, _int("TUNELOG_CPU_WORKERS", 2)),
         model_dir=Path(os.environ.get("TUNELOG_MODEL_DIR") or data_dir / "models").resolve(),
     )
 

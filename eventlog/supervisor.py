@@ -121,7 +121,7 @@ def main() -> int:
         env["PYTHONUNBUFFERED"] = "1"
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         # Two cpu workers: indexing a document or a DSPy run must not wait behind a CPU training run.
-        cpu_workers = env.get("TUNELOG_CPU_WORKERS", "2")
+        cpu_workers = env.setdefault("TUNELOG_CPU_WORKERS", "2")
         honcho = subprocess.Popen([sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "-d", str(ROOT),
                                    "--no-colour", "start", "-c", f"worker-cpu={cpu_workers}"],
                                   env=env, start_new_session=True)

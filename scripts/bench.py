@@ -250,13 +250,208 @@ def bench_latency(server: str, redis_url: str, tmp: Path, samples: int) -> None:
                "p50 <= 25 ms" if label == "p50" else "-", higher_is_better=False)
 
 
+# ---- retrieval ----------------------------------------------------------------------------------------------
+def bench_retrieval(server: str, n: int, queries: int) -> None:
+    """n chunks of 384-d, clustered like real embeddings (random topic centroids plus noise, normalized)."""
+    import numpy as np
+    import psycopg
+    from pgvector.psycopg import register_vector
+
+    from api.chat import search
+    from eventlog.settings import psycopg_url
+
+    url = create_database(server, "bench_retrieval")
+    rng = np.random.default_rng(42)
+    centroids = rng.standard_normal((max(1, n // 100), 384)).astype("<f4")
+
+    def sample(k: int):
+        v = centroids[rng.integers(0, len(centroids), k)] + 0.35 * rng.standard_normal((k, 384)).astype("<f4")
+        return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype("<f4")
+
+    data = sample(n)
+    with psycopg.connect(psycopg_url(url), autocommit=True) as c:
+        register_vector(c)
+        c.execute("DROP INDEX chunks_embedding_hnsw")  # bulk load first, then build the index once
+        docs = n // 100
+        with c.cursor().copy("COPY documents (id, project, title, media_type, bytes, sha256, text_sha256, status, "
+                             "created_at, seq) FROM STDIN") as cp:
+            for d in range(docs):
+                cp.write_row((f"doc-{d}", "bench", f"Document {d}", "text/plain", 0, "0", "0", "indexed", 0, d))
+        t0 = time.perf_counter()
+        with c.cursor().copy("COPY chunks (id, document_id, project, idx, text, char_start, char_end, embedding) "
+                             "FROM STDIN WITH (FORMAT BINARY)") as cp:
+            cp.set_types(["text", "text", "text", "int4", "text", "int4", "int4", "vector"])
+            for i in range(n):
+                cp.write_row((f"doc-{i // 100}:{i % 100}", f"doc-{i // 100}", "bench", i % 100, f"chunk {i}", 0, 0,
+                              data[i]))
+        load = time.perf_counter() - t0
+        c.execute("SET maintenance_work_mem = '1GB'")
+        t0 = time.perf_counter()
+        c.execute("CREATE INDEX chunks_embedding_hnsw ON chunks USING hnsw (embedding vector_cosine_ops)")
+        build = time.perf_counter() - t0
+        c.execute("VACUUM ANALYZE chunks")
+    print(f"  ({n:,} chunks loaded in {load:.1f}s, HNSW index built in {build:.1f}s)", flush=True)
+    qs = sample(queries)
+    p = pool(url, max_size=2)
+    ours_t, hnsw_t, exact_t, ours_r, hnsw_r = [], [], [], [], []
+    with p.connection() as conn, psycopg.connect(psycopg_url(url), autocommit=True) as raw:
+        register_vector(raw)
+        for q in qs[:5]:  # warm up caches on all three paths
+            search(conn, "bench", q, 5)
+            raw.execute("SELECT id FROM chunks ORDER BY embedding <=> %s LIMIT 5", (q,)).fetchall()
+        for q in qs:
+            t0 = time.perf_counter()
+            with raw.transaction():
+                raw.execute("SET LOCAL enable_indexscan = off")
+                exact = [r[0] for r in raw.execute("SELECT id FROM chunks ORDER BY embedding <=> %s LIMIT 5",
+                                                   (q,)).fetchall()]
+            exact_t.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            bare = [r[0] for r in raw.execute("SELECT id FROM chunks ORDER BY embedding <=> %s LIMIT 5",
+                                              (q,)).fetchall()]
+            hnsw_t.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            ours = [r["chunk_id"] for r in search(conn, "bench", q, 5)]
+            ours_t.append(time.perf_counter() - t0)
+            ours_r.append(len(set(ours) & set(exact)) / 5)
+            hnsw_r.append(len(set(bare) & set(exact)) / 5)
+
+    def pct(xs, q):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(len(xs) * q))] * 1000
+
+    report("retrieval p50 (top-5, 384-d)", pct(ours_t, 0.5), pct(hnsw_t, 0.5), "ms", "bare pgvector HNSW query",
+           "p50 <= 2 ms", higher_is_better=False)
+    report("retrieval p99", pct(ours_t, 0.99), pct(hnsw_t, 0.99), "ms", "bare pgvector HNSW query", "p99 <= 5 ms",
+           higher_is_better=False)
+    report("retrieval recall@5", statistics.mean(ours_r), statistics.mean(hnsw_r), "", "bare HNSW (ef_search 40)",
+           ">= 0.99")
+    report("retrieval p50 vs exact scan", pct(ours_t, 0.5), pct(exact_t, 0.5), "ms", "exact scan (no index)", "-",
+           higher_is_better=False)
+
+
+# ---- ingest -------------------------------------------------------------------------------------------------
+def bench_ingest(server: str, redis_url: str, tmp: Path, paragraphs: int) -> None:
+    """The whole indexing path of a document (chunk, embed, events, retrieval projection) vs a bare
+    sentence-transformers encode of the same chunk texts."""
+    from eventlog.embeddings import embedder
+    from eventlog.runner import catch_up
+    from eventlog.settings import Settings
+    from workers.embed import index_document
+
+    url = create_database(server, "bench_ingest")
+    os.environ.update(DATABASE_URL=url, REDIS_URL=redis_url, TUNELOG_DATA_DIR=str(tmp))
+    text = "\n\n".join(
+        f"Lesson {i}. " + " ".join(f"Students in year {i % 11 + 1} learn idea {j} of topic {i}, with an example "
+                                    f"and a short question to check understanding." for j in range(6))
+        for i in range(paragraphs))
+    emb = embedder()
+    emb.encode(["warm up"])
+    chunks = emb.chunk(text)
+    texts = [c.text for c in chunks]
+    t0 = time.perf_counter()
+    emb.encode(texts)
+    bare = len(texts) / (time.perf_counter() - t0)
+
+    import hashlib
+
+    from eventlog.store import NewEvent
+
+    store = EventStore(pool(url))
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    with store.pool.connection() as c:
+        c.execute("INSERT INTO blobs (sha256, content) VALUES (%s, %s)", (sha, text.encode()))
+    store.append("document-doc-bench", 0, [NewEvent("DocumentAdded", {
+        "id": "doc-bench", "project": "bench", "title": "Lessons", "filename": None, "media_type": "text/plain",
+        "bytes": len(text), "sha256": sha, "text_sha256": sha, "created_at": 0})])
+    catch_up(store.pool)
+    t0 = time.perf_counter()
+    index_document("doc-bench")
+    catch_up(store.pool)
+    ours = len(texts) / (time.perf_counter() - t0)
+    with store.pool.connection() as c:
+        n = c.execute("SELECT count(*) AS n FROM chunks WHERE document_id = 'doc-bench'").fetchone()["n"]
+    assert n == len(texts), (n, len(texts))
+    report(f"ingest {len(texts)} chunks (~200 tokens each)", ours, bare, "chunks/s",
+           "bare sentence-transformers encode", ">= 0.8x")
+
+
+# ---- chat overhead ------------------------------------------------------------------------------------------
+def bench_chat(server: str, redis_url: str, tmp: Path, samples: int) -> None:
+    """POST /v1/chat/completions (retrieval on, non-streaming) vs model.generate of the same prompt and
+    the same number of new tokens, in this process."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from api.chat import build_prompt
+    from eventlog.catalog import ensure_base_model
+    from eventlog.supervisor import register_key
+    from tests.helpers import Stack, free_port
+
+    url = create_database(server, "bench_chat")
+    data = tmp / "chat"
+    data.mkdir()
+    port = free_port()
+    model_dir = ROOT / ".data" / "models"
+    env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": redis_url, "TUNELOG_DATA_DIR": str(data),
+           "TUNELOG_MODEL_DIR": str(model_dir), "TUNELOG_PORT": str(port), "PYTHONUNBUFFERED": "1",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    stack = Stack(env=env, data_dir=data, port=port)
+    stack.admin_key = "tl-bench-" + uuid.uuid4().hex
+    register_key(url, stack.admin_key, role="admin", project="bench", name="bench")
+    for name in ("web", "projector", "dispatcher", "worker-cpu"):
+        stack.start(name)
+    question = "How do plants use sunlight to make food?"
+    try:
+        stack.wait_healthy()
+        k = stack.admin_key
+        doc = stack.http("POST", "/api/documents", k, json={"title": "Photosynthesis", "text": (
+            "Photosynthesis is how green plants make food: chlorophyll captures sunlight, and the plant turns "
+            "carbon dioxide and water into glucose, releasing oxygen. ") * 8}).json()
+        while stack.http("GET", f"/api/documents/{doc['id']}", k).json()["status"] == "processing":
+            time.sleep(0.2)
+        body = {"model": "tutor", "temperature": 0, "max_tokens": 32,
+                "messages": [{"role": "user", "content": question}]}
+        stack.http("POST", "/v1/chat/completions", k, json=body)  # loads the models in the API process
+        ours, results = [], []
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            r = stack.http("POST", "/v1/chat/completions", k, json=body).json()
+            ours.append(time.perf_counter() - t0)
+            results.append(r)
+    finally:
+        stack.stop_all()
+    last = results[-1]
+    n_new = last["usage"]["completion_tokens"]
+    prompt = build_prompt(body["messages"], last["sources"])
+    path = ensure_base_model(model_dir, "smollm2-135m-instruct")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    inputs = tok(tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True), return_tensors="pt",
+                 add_special_tokens=False)
+    assert inputs["input_ids"].shape[1] == last["usage"]["prompt_tokens"], "same prompt as the server's"
+    bare = []
+    with torch.inference_mode():
+        model.generate(**inputs, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False)
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            model.generate(**inputs, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
+                           pad_token_id=tok.eos_token_id)
+            bare.append(time.perf_counter() - t0)
+    o, b = statistics.median(ours) * 1000, statistics.median(bare) * 1000
+    report(f"chat, {n_new} tokens, retrieval on (p50)", o, b, "ms", "bare model.generate, same prompt", "<= +50 ms",
+           higher_is_better=False)
+    print(f"  chat overhead p50: {o - b:+.1f} ms", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
-    ap.add_argument("--only", nargs="*", default=None, help="appends batched replay latency")
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="appends batched replay latency retrieval ingest chat")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
-    only = set(args.only or ["appends", "batched", "replay", "latency"])
+    only = set(args.only or ["appends", "batched", "replay", "latency", "retrieval", "ingest", "chat"])
     tmp = Path(tempfile.mkdtemp(prefix="tunelog-bench-"))
     pg = EmbeddedPostgres(tmp / "pg", dbname="postgres")
     rs = EmbeddedRedis(tmp / "redis")
@@ -272,6 +467,12 @@ def main() -> None:
             bench_replay(server, 10_000 if args.quick else 100_000)
         if "latency" in only:
             bench_latency(server, redis_url, tmp, 5 if args.quick else 30)
+        if "retrieval" in only:
+            bench_retrieval(server, 10_000 if args.quick else 100_000, 50 if args.quick else 300)
+        if "ingest" in only:
+            bench_ingest(server, redis_url, tmp, 40 if args.quick else 200)
+        if "chat" in only:
+            bench_chat(server, redis_url, tmp, 3 if args.quick else 10)
     finally:
         rs.stop()
         pg.stop()

@@ -203,6 +203,8 @@ def _train(svc: Services, state, attempt: int, progress: ProgressLog, lease: Lea
         "n_epochs": hp["n_epochs"], "batch_size": hp["batch_size"],
         "learning_rate": BASE_LR * hp["learning_rate_multiplier"], "seed": state.seed or 0,
         "max_seq_len": s.max_seq_len,
+        # on the CPU, share the cores with the other cpu workers instead of oversubscribing them
+        "num_threads": 0 if state.queue == "gpu" else max(1, (os.cpu_count() or 2) // s.cpu_workers),
     }
     (work / "config.json").write_text(json.dumps(config, indent=2))
     stderr = open(work / "stderr.log", "wb")

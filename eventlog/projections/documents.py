@@ -26,7 +26,7 @@ class DocumentsProjection:
     tables = ("documents", "chunks")
 
     def apply(self, conn: psycopg.Connection, events: Sequence[RecordedEvent]) -> None:
-        registered = False
+        registered = False  # pool connections have the adapters already; a bare connection may not
         for e in events:
             d = e.data
             if e.type == "DocumentAdded":
