@@ -146,7 +146,9 @@ def chat_completions():
     req = parse_request(json_body())
     resolved = resolve(principal.project, req["model"])
     query = next((m["content"] for m in reversed(req["messages"]) if m["role"] == "user"), "")
+    t_resolve = time.perf_counter()
     sources = retrieve(principal.project, query, req["top_k"]) if req["retrieval"] and query.strip() else []
+    t_retrieve = time.perf_counter()
     prompt = build_prompt(req["messages"], sources)
     s = svc().settings
     gen = Generation()
@@ -162,14 +164,20 @@ def chat_completions():
                          "retrieval": req["retrieval"]}}
     if not req["stream"]:
         text = "".join(pieces)
+        t_generate = time.perf_counter()
         _record(resolved, req, chat_id, sources, gen, started, created, principal, meta)
-        return jsonify({
+        timing = (f"parse;dur={(t_resolve - started) * 1000:.1f}, retrieval;dur={(t_retrieve - t_resolve) * 1000:.1f}, "
+                  f"generation;dur={(t_generate - t_retrieve) * 1000:.1f}, "
+                  f"record;dur={(time.perf_counter() - t_generate) * 1000:.1f}")
+        resp = jsonify({
             "id": chat_id, "object": "chat.completion", "created": created, "model": resolved.id,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
                          "logprobs": None, "finish_reason": gen.finish_reason}],
             "usage": {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
                       "total_tokens": gen.prompt_tokens + gen.completion_tokens},
             "system_fingerprint": None, **extra})
+        resp.headers["Server-Timing"] = timing
+        return resp
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **more: Any) -> str:
         body = {"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": resolved.id,
