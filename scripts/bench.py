@@ -28,9 +28,10 @@ RESULTS: list[dict] = []
 
 def report(name: str, ours: float, base: float, unit: str, baseline: str, target: str, higher_is_better=True):
     ratio = ours / base if higher_is_better else base / ours
-    RESULTS.append({"name": name, "ours": round(ours, 2), "baseline": round(base, 2), "unit": unit,
+    RESULTS.append({"name": name, "ours": round(ours, 4), "baseline": round(base, 4), "unit": unit,
                     "baseline_name": baseline, "ratio": round(ratio, 2), "target": target})
-    print(f"{name:<42} ours {ours:>12,.1f} {unit:<7} | {baseline:<34} {base:>12,.1f} | ratio {ratio:5.2f}x | "
+    fmt = ",.3f" if not unit else ",.1f"
+    print(f"{name:<42} ours {ours:>12{fmt}} {unit:<7} | {baseline:<34} {base:>12{fmt}} | ratio {ratio:5.2f}x | "
           f"target {target}", flush=True)
 
 
@@ -301,10 +302,10 @@ def bench_retrieval(server: str, n: int, queries: int) -> None:
             raw.execute("SELECT id FROM chunks ORDER BY embedding <=> %s LIMIT 5", (q,)).fetchall()
         for q in qs:
             t0 = time.perf_counter()
-            with raw.transaction():
+            with raw.transaction():  # not prepared: a cached plan would keep using the index
                 raw.execute("SET LOCAL enable_indexscan = off")
-                exact = [r[0] for r in raw.execute("SELECT id FROM chunks ORDER BY embedding <=> %s LIMIT 5",
-                                                   (q,)).fetchall()]
+                exact = [r[0] for r in raw.execute("SELECT id FROM chunks /* exact */ ORDER BY embedding <=> %s "
+                                                   "LIMIT 5", (q,), prepare=False).fetchall()]
             exact_t.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             bare = [r[0] for r in raw.execute("SELECT id FROM chunks ORDER BY embedding <=> %s LIMIT 5",
