@@ -1,6 +1,7 @@
 """The Flask API: create_app() wires settings, services, blueprints and error handlers."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from flask import Flask
@@ -28,4 +29,26 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(registry.bp)
     app.register_blueprint(chat.bp)
     app.register_blueprint(web.bp)
+    if os.environ.get("TUNELOG_PRELOAD_MODELS") == "1":
+        _preload(s)
     return app
+
+
+def _preload(s) -> None:
+    """Load the embedding model and the base model in the background, so the first chat is not slow."""
+    import logging
+    import threading
+
+    def load() -> None:
+        try:
+            from api.generation import server
+            from eventlog.catalog import BASE_MODELS
+            from eventlog.embeddings import embedder
+
+            embedder().encode(["warm up"])
+            for base in BASE_MODELS:
+                server(s.model_dir, s.data_dir).warm(base)
+        except Exception:  # the first request will load (and report) it instead
+            logging.getLogger("tunelog.api").exception("preloading models failed")
+
+    threading.Thread(target=load, daemon=True, name="preload").start()

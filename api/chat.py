@@ -166,7 +166,8 @@ def chat_completions():
         text = "".join(pieces)
         t_generate = time.perf_counter()
         _record(resolved, req, chat_id, sources, gen, started, created, principal, meta)
-        timing = (f"parse;dur={(t_resolve - started) * 1000:.1f}, retrieval;dur={(t_retrieve - t_resolve) * 1000:.1f}, "
+        timing = (f"parse;dur={(t_resolve - started) * 1000:.1f}, "
+                  f"retrieval;dur={(t_retrieve - t_resolve) * 1000:.1f}, "
                   f"generation;dur={(t_generate - t_retrieve) * 1000:.1f}, "
                   f"record;dur={(time.perf_counter() - t_generate) * 1000:.1f}")
         resp = jsonify({
@@ -264,7 +265,8 @@ def give_feedback():
 def approve_feedback(feedback_id: str):
     p = require("admin", "trainer")
     with svc().pool.connection() as c:
-        row = c.execute("SELECT * FROM chat_feedback WHERE id = %s AND project = %s", (feedback_id, p.project)).fetchone()
+        row = c.execute("SELECT * FROM chat_feedback WHERE id = %s AND project = %s",
+                        (feedback_id, p.project)).fetchone()
     if row is None:
         raise NotFound(f"no feedback {feedback_id} in this project", param="feedback_id")
     if row["corrected_answer"] is None:

@@ -5,7 +5,8 @@ import hashlib
 import json
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flask import current_app, g, jsonify, request
 

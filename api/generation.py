@@ -128,7 +128,8 @@ class ModelServer:
                     model.set_adapter(adapter)
                     ctx = nullcontext()
                 else:  # the base model: bypass any adapter loaded on it
-                    ctx = model.disable_adapter() if hasattr(model, "disable_adapter") and loaded.adapters else nullcontext()
+                    has_adapters = hasattr(model, "disable_adapter") and loaded.adapters
+                    ctx = model.disable_adapter() if has_adapters else nullcontext()
                 with ctx, torch.inference_mode():
                     holder["out"] = model.generate(**kwargs)
             except BaseException as e:  # surfaced to the caller below

@@ -106,7 +106,8 @@ def add_document():
 
 def _get(doc_id: str) -> dict[str, Any]:
     with svc().pool.connection() as c:
-        row = c.execute("SELECT * FROM documents WHERE id = %s AND project = %s", (doc_id, g.principal.project)).fetchone()
+        row = c.execute("SELECT * FROM documents WHERE id = %s AND project = %s",
+                        (doc_id, g.principal.project)).fetchone()
     if row is None:
         raise NotFound(f"no such document: {doc_id}", param="document_id")
     return row

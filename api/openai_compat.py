@@ -16,7 +16,7 @@ from api.common import Idempotent, append_and_respond, json_body, metadata, now,
 from domain.configs import parse_method
 from domain.datasets import check_chat_jsonl
 from domain.errors import ConcurrencyConflict, Conflict, NotFound, PayloadTooLarge, ValidationError
-from domain.events import (FileDeleted, FileUploaded, JobCreated, file_stream, job_stream)
+from domain.events import FileDeleted, FileUploaded, JobCreated, file_stream, job_stream
 from domain.jobs import JobState, evolve, fold
 from eventlog.catalog import BASE_MODELS
 from eventlog.store import NewEvent
@@ -218,12 +218,11 @@ def create_job():
     elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
         raise ValidationError("seed must be an integer between 0 and 2147483647", param="seed")
     meta = body.get("metadata")
-    if meta is not None:
-        if (not isinstance(meta, dict) or len(meta) > 16 or
-                not all(isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
-                        for k, v in meta.items())):
-            raise ValidationError("metadata must be an object of at most 16 string keys (<= 64 chars) and "
-                                  "string values (<= 512 chars)", param="metadata")
+    if meta is not None and (not isinstance(meta, dict) or len(meta) > 16 or
+                             not all(isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
+                                     for k, v in meta.items())):
+        raise ValidationError("metadata must be an object of at most 16 string keys (<= 64 chars) and "
+                              "string values (<= 512 chars)", param="metadata")
     if body.get("integrations"):
         raise ValidationError("integrations are not supported", param="integrations")
     method_type, hp = parse_method(body.get("method"), body.get("hyperparameters"))
@@ -292,8 +291,8 @@ def cancel_job(job_id: str):
         for i, e in enumerate(new):
             after = evolve(after, e.type, e.data, state.version + i + 1)
         try:
-            return append_and_respond(idem, 200, job_object(after), lambda cmd: store.append(
-                job_stream(job_id), state.version, new, command=cmd))
+            return append_and_respond(idem, 200, job_object(after), lambda cmd, v=state.version, new=new: store.append(
+                job_stream(job_id), v, new, command=cmd))
         except ConcurrencyConflict:
             continue
     raise Conflict(f"job {job_id} is changing too fast to cancel; try again", code="concurrency_conflict")

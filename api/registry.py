@@ -136,8 +136,8 @@ def promote(alias: str):
                            at=now())
         body_out = {"object": "alias", "alias": alias, "model": new.id, "previous": current, "reason": ev.reason}
         try:
-            return append_and_respond(idem, 200, body_out, lambda cmd: svc().store.append(
-                stream, version, [NewEvent(ev.type, ev.to_data(), metadata(stream))], command=cmd))
+            return append_and_respond(idem, 200, body_out, lambda cmd, v=version, ev=ev: svc().store.append(
+                stream, v, [NewEvent(ev.type, ev.to_data(), metadata(stream))], command=cmd))
         except ConcurrencyConflict:
             continue
     raise Conflict("the alias is being changed concurrently; try again", code="concurrency_conflict")

@@ -46,7 +46,7 @@ class SupervisedHyperparameters:
                            _float_or_auto("learning_rate_multiplier", self.learning_rate_multiplier, 0.0, 100.0))
 
     @classmethod
-    def from_dict(cls, raw: Any) -> "SupervisedHyperparameters":
+    def from_dict(cls, raw: Any) -> SupervisedHyperparameters:
         if raw is None:
             return cls()
         if not isinstance(raw, dict):

@@ -5,8 +5,10 @@ code writes; `upcast` turns any older stored shape into the current one on read.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
+
 
 # stream ids
 def job_stream(job_id: str) -> str:

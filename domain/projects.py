@@ -15,10 +15,10 @@ class ProjectSettings:
     promotion_requires_better_eval: bool = False
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None) -> "ProjectSettings":
+    def from_dict(cls, raw: dict[str, Any] | None) -> ProjectSettings:
         return cls(**{k: v for k, v in (raw or {}).items() if k in cls.__dataclass_fields__})
 
-    def updated(self, patch: Any) -> "ProjectSettings":
+    def updated(self, patch: Any) -> ProjectSettings:
         if not isinstance(patch, dict):
             raise ValidationError("settings must be a JSON object", param=None)
         unknown = set(patch) - set(self.__dataclass_fields__)

@@ -86,7 +86,8 @@ def replay(pool: ConnectionPool, batch: int = 10000) -> dict:
 
 
 def run_forever(database_url: str, stop: threading.Event | None = None, poll_seconds: float = 1.0) -> None:
-    from eventlog.db import connect, pool as get_pool
+    from eventlog.db import connect
+    from eventlog.db import pool as get_pool
 
     stop = stop or threading.Event()
     p = get_pool(database_url, max_size=2)

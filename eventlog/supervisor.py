@@ -116,9 +116,10 @@ def main() -> int:
         if generated:
             print(f"tunelog: generated admin API key (saved in {data_dir / 'admin_key'}): {key}", flush=True)
         else:
-            print(f"tunelog: admin API key from {'TUNELOG_API_KEY' if env.get('TUNELOG_API_KEY') else data_dir / 'admin_key'}",
-                  flush=True)
+            source = "TUNELOG_API_KEY" if env.get("TUNELOG_API_KEY") else data_dir / "admin_key"
+            print(f"tunelog: admin API key from {source}", flush=True)
         env["PYTHONUNBUFFERED"] = "1"
+        env.setdefault("TUNELOG_PRELOAD_MODELS", "1")
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         # Two cpu workers: indexing a document or a DSPy run must not wait behind a CPU training run.
         cpu_workers = env.setdefault("TUNELOG_CPU_WORKERS", "2")

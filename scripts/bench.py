@@ -144,7 +144,8 @@ def bench_replay(server: str, total: int) -> None:
             NewEvent("JobStarted", {"attempt": 1, "worker": "w", "started_at": 1_700_000_001 + j})])
         version = 2
         for k in range(0, 998, 100):
-            batch = [NewEvent("JobProgressed", {"step": s, "total_steps": 998, "epoch": s / 333, "train_loss": 1 / (s + 1),
+            batch = [NewEvent("JobProgressed", {"step": s, "total_steps": 998, "epoch": s / 333,
+                                                "train_loss": 1 / (s + 1),
                                                 "learning_rate": 1e-4, "at": 1_700_000_002 + j})
                      for s in range(k, min(k + 100, 998))]
             store.append(f"job-{jid}", version, batch)
@@ -337,7 +338,6 @@ def bench_ingest(server: str, redis_url: str, tmp: Path, paragraphs: int) -> Non
     sentence-transformers encode of the same chunk texts."""
     from eventlog.embeddings import embedder
     from eventlog.runner import catch_up
-    from eventlog.settings import Settings
     from workers.embed import index_document
 
     url = create_database(server, "bench_ingest")

@@ -81,7 +81,7 @@ def stack(pg_server, redis_server, tmp_root, base_model):
         "DATABASE_URL": db, "REDIS_URL": redis_server, "TUNELOG_DATA_DIR": str(data_dir),
         "TUNELOG_MODEL_DIR": str(MODEL_DIR), "TUNELOG_PORT": str(port), "TUNELOG_TRAINING_QUEUE": "cpu",
         "TUNELOG_LEASE_SECONDS": "4", "TUNELOG_MAX_ATTEMPTS": "3", "TUNELOG_MAX_UPLOAD_BYTES": str(512 * 1024),
-        "TUNELOG_WEB_THREADS": "8", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+        "TUNELOG_WEB_THREADS": "8", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TUNELOG_PRELOAD_MODELS": "1",
         "PATH": f"{Path(os.sys.executable).parent}:{os.environ.get('PATH', '')}",
     }
     s = Stack(env=env, data_dir=data_dir, port=port)

@@ -9,7 +9,6 @@ from rq import Queue, Worker
 
 import workers.jobs  # noqa: F401 - imported before forking, so each work horse starts fast
 
-
 log = logging.getLogger("tunelog.worker")
 
 

@@ -120,7 +120,7 @@ class Claim:
 
 # Claims made by the RQ worker process just before it forks the work horse (the horse inherits this
 # dict). Claiming in the long-lived parent uses its warm connection: the horse would need a new one.
-PRECLAIMED: dict[tuple[str, int], "Claim | str"] = {}
+PRECLAIMED: dict[tuple[str, int], Claim | str] = {}
 
 
 def claim(svc: Services, job_id: str, attempt: int) -> Claim | str:

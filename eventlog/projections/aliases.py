@@ -18,7 +18,8 @@ class AliasesProjection:
                 d = e.data
                 conn.execute(
                     "INSERT INTO aliases (project, alias, model, updated_at) VALUES (%s, %s, %s, %s) "
-                    "ON CONFLICT (project, alias) DO UPDATE SET model = EXCLUDED.model, updated_at = EXCLUDED.updated_at",
+                    "ON CONFLICT (project, alias) DO UPDATE SET model = EXCLUDED.model, "
+                    "updated_at = EXCLUDED.updated_at",
                     (d["project"], d["alias"], d["model"], d["at"]))
 
 

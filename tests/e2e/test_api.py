@@ -31,7 +31,8 @@ def test_an_idempotency_key_retry_returns_the_first_response_and_appends_nothing
 
 def test_a_queued_job_is_cancelled_at_once_and_cancel_is_repeatable(stack):
     k = stack.new_key("trainer")["key"]
-    fid = stack.http("POST", "/v1/files", k, files={"file": ("t.jsonl", GOOD)}, data={"purpose": "fine-tune"}).json()["id"]
+    fid = stack.http("POST", "/v1/files", k, files={"file": ("t.jsonl", GOOD)},
+                     data={"purpose": "fine-tune"}).json()["id"]
     stopped = stack.stop_cpu_workers()  # nothing picks the job up
     try:
         job = stack.http("POST", "/v1/fine_tuning/jobs", k, json={"model": "smollm2-135m-instruct",
@@ -47,7 +48,8 @@ def test_a_queued_job_is_cancelled_at_once_and_cancel_is_repeatable(stack):
 
 def test_deleting_a_file(stack):
     k = stack.new_key("trainer")["key"]
-    fid = stack.http("POST", "/v1/files", k, files={"file": ("t.jsonl", GOOD)}, data={"purpose": "fine-tune"}).json()["id"]
+    fid = stack.http("POST", "/v1/files", k, files={"file": ("t.jsonl", GOOD)},
+                     data={"purpose": "fine-tune"}).json()["id"]
     r = stack.http("DELETE", f"/v1/files/{fid}", k)
     assert r.json() == {"id": fid, "object": "file", "deleted": True}
     assert stack.http("GET", f"/v1/files/{fid}", k).status_code == 404

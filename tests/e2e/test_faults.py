@@ -1,5 +1,4 @@
 """Faults: cancel mid-run, a worker killed mid-job, Redis losing everything. Nothing is lost."""
-import os
 import time
 
 import pytest

@@ -249,7 +249,8 @@ def test_feedback_corrections_become_a_training_file(stack, kb):
         stored = stack.sql("SELECT data FROM events WHERE stream_id = %s", (f"chat-{chat.id}",))[0]["data"]
         assert stored["messages"][0]["content"] == "What is glucose?" and stored["answer"] is not None
         fb = stack.http("POST", "/api/chat/feedback", k, json={
-            "chat_id": chat.id, "rating": 2, "corrected_answer": "Glucose is a sugar that plants make in photosynthesis."})
+            "chat_id": chat.id, "rating": 2,
+            "corrected_answer": "Glucose is a sugar that plants make in photosynthesis."})
         assert fb.status_code == 201 and fb.json()["approved"] is True
         viewer = stack.new_key("viewer", project=kb["key"]["project"])
         pending = stack.http("POST", "/api/chat/feedback", viewer["key"], json={

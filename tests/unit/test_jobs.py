@@ -49,6 +49,7 @@ def test_bad_hyperparameters_name_the_parameter(hp, param):
 
 def test_auto_hyperparameters_resolve_from_the_dataset_size():
     assert SupervisedHyperparameters().resolve(64) == {"n_epochs": 2, "batch_size": 6, "learning_rate_multiplier": 1.0}
-    assert parse_method({"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}}}, None)[1].n_epochs == 3
+    method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}}}
+    assert parse_method(method, None)[1].n_epochs == 3
     with pytest.raises(ValidationError, match="method.type"):
         parse_method({"type": "magic"}, None)
