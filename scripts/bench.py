@@ -423,10 +423,10 @@ def bench_chat(server: str, redis_url: str, tmp: Path, samples: int) -> None:
                      return_tensors="pt", add_special_tokens=False)
         assert inputs["input_ids"].shape[1] == first["usage"]["prompt_tokens"], "same prompt as the server's"
 
-        def generate() -> None:
+        def generate(m=model) -> None:
             with torch.inference_mode():
-                model.generate(**inputs, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
-                               pad_token_id=tok.eos_token_id)
+                m.generate(**inputs, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
+                           pad_token_id=tok.eos_token_id)
 
         generate()
         ours, bare = [], []
@@ -458,13 +458,7 @@ def bench_chat(server: str, redis_url: str, tmp: Path, samples: int) -> None:
     headers = {"Authorization": f"Bearer {stack.admin_key}"}
     assert http.post("/v1/chat/completions", json=body, headers=headers).status_code == 200
     served = server(model_dir, data)._base("smollm2-135m-instruct").model
-
-    def generate_served() -> None:
-        with torch.inference_mode():
-            served.generate(**inputs, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
-                            pad_token_id=tok.eos_token_id)
-
-    generate_served()
+    generate(served)
     ours, bare = [], []
     for _ in range(samples):
         t0 = time.perf_counter()
@@ -472,7 +466,7 @@ def bench_chat(server: str, redis_url: str, tmp: Path, samples: int) -> None:
         ours.append(time.perf_counter() - t0)
         assert r.json["usage"]["completion_tokens"] == n_new and r.json["sources"]
         t0 = time.perf_counter()
-        generate_served()
+        generate(served)
         bare.append(time.perf_counter() - t0)
     o, b = statistics.median(ours) * 1000, statistics.median(bare) * 1000
     report(f"chat, {n_new} tokens, retrieval on (p50)", o, b, "ms", "bare generate, same model/prompt",
