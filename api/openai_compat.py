@@ -387,6 +387,15 @@ def _models() -> list[dict[str, Any]]:
     out += [{"id": r["id"], "object": "model", "created": r["created_at"], "owned_by": r["project"],
              "kind": "fine-tuned", "root": r["base_model"], "parent": r["base_model"], "job_id": r["job_id"],
              "lineage": r["lineage"]} for r in rows]
+    from api.registry import DEFAULT_BASE
+    from domain.projects import DEFAULT_ALIAS
+
+    with svc().pool.connection() as c:
+        aliases = {r["alias"]: r for r in c.execute("SELECT alias, model, updated_at FROM aliases WHERE project = %s",
+                                                    (g.principal.project,)).fetchall()}
+    aliases.setdefault(DEFAULT_ALIAS, {"alias": DEFAULT_ALIAS, "model": DEFAULT_BASE, "updated_at": None})
+    out += [{"id": a["alias"], "object": "model", "created": a["updated_at"] or 0, "owned_by": g.principal.project,
+             "kind": "alias", "target": a["model"]} for a in sorted(aliases.values(), key=lambda a: a["alias"])]
     return out
 
 

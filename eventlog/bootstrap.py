@@ -26,16 +26,17 @@ class Services:
         return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
 
 
-_services: dict[int, Services] = {}
+_services: dict[tuple[int, Settings | None], Services] = {}
 _lock = threading.Lock()
 
 
 def bootstrap(s: Settings | None = None, pool_size: int = 10) -> Services:
     """The process's services (per pid: a forked RQ work horse gets its own connections)."""
     with _lock:
-        svc = _services.get(os.getpid())
+        key = (os.getpid(), s)
+        svc = _services.get(key)
         if svc is None:
-            s = s or settings_mod.load()
-            svc = Services(settings=s, store=EventStore(pool(s.database_url, max_size=pool_size)))
-            _services[os.getpid()] = svc
+            settings = s or settings_mod.load()
+            svc = Services(settings=settings, store=EventStore(pool(settings.database_url, max_size=pool_size)))
+            _services[key] = svc
         return svc

@@ -40,7 +40,7 @@ def pool(url: str, max_size: int = 10) -> ConnectionPool:
         p = _pools.get(key)
         if p is None:
             p = ConnectionPool(
-                psycopg_url(url), min_size=1, max_size=max_size, open=True, timeout=10,
+                psycopg_url(url), min_size=1, max_size=max_size, open=True, timeout=5,
                 kwargs={"row_factory": dict_row, "autocommit": True}, configure=_configure_connection,
             )
             _pools[key] = p

@@ -131,6 +131,9 @@ def test_a_pdf_is_read_and_unreadable_files_are_400_with_nothing_recorded(stack,
 def test_the_tutor_alias_exists_from_the_start(stack):
     k = stack.new_key("viewer")["key"]
     assert stack.http("GET", "/api/aliases/tutor", k).json()["model"] == "smollm2-135m-instruct"
+    listed = {m["id"]: m for m in stack.http("GET", "/v1/models", k).json()["data"]}
+    assert listed["tutor"]["kind"] == "alias" and listed["tutor"]["target"] == "smollm2-135m-instruct"
+    assert stack.http("GET", "/v1/models/tutor", k).json()["target"] == "smollm2-135m-instruct"
     history = stack.http("GET", "/api/aliases/tutor/history", k).json()["data"]
     assert history[0]["model"] == "smollm2-135m-instruct" and history[0]["actor"] == "system"
 

@@ -53,3 +53,15 @@ def test_auto_hyperparameters_resolve_from_the_dataset_size():
     assert parse_method(method, None)[1].n_epochs == 3
     with pytest.raises(ValidationError, match="method.type"):
         parse_method({"type": "magic"}, None)
+
+
+def test_old_event_shapes_are_upcast_on_read():
+    from domain import events
+
+    events.UPCASTERS["JobQueuedV0"] = lambda d: ("JobAttemptLost", {**d, "requeued": True, "reason": "legacy"})
+    try:
+        assert events.upcast("JobQueuedV0", {"attempt": 1, "at": 5}) == (
+            "JobAttemptLost", {"attempt": 1, "at": 5, "requeued": True, "reason": "legacy"})
+        assert events.upcast("JobStarted", {"attempt": 1}) == ("JobStarted", {"attempt": 1})
+    finally:
+        del events.UPCASTERS["JobQueuedV0"]

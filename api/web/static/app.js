@@ -63,7 +63,7 @@ async function loadChat() {
   const current = sel.value;
   sel.innerHTML = "";
   for (const a of aliases.data) sel.add(new Option(`${a.alias} → ${a.model}`, a.alias));
-  for (const m of models.data) sel.add(new Option(m.id, m.id));
+  for (const m of models.data) if (m.kind !== "alias") sel.add(new Option(m.id, m.id));
   if (current) sel.value = current;
 }
 
@@ -180,7 +180,7 @@ async function loadModels() {
   body.innerHTML = "";
   const sel = $("#promote-model");
   sel.innerHTML = "";
-  for (const m of models.data) {
+  for (const m of models.data.filter((x) => x.kind !== "alias")) {
     const loss = m.lineage && m.lineage.final_metrics ? m.lineage.final_metrics.valid_loss : null;
     const tr = document.createElement("tr");
     tr.innerHTML = `<td>${m.id}</td><td>${m.kind}</td><td>${m.root || ""}</td><td>${loss == null ? "" : loss.toFixed(4)}</td><td></td>`;
