@@ -90,7 +90,7 @@ def search(conn, project: str, vector, top_k: int) -> list[dict[str, Any]]:
     """Top-k chunks of this project's documents by cosine similarity: HNSW with ef_search 100, and an
     iterative scan so that the project filter cannot starve the result."""
     with conn.transaction():  # pool connections have pgvector's adapters (eventlog/db.py)
-        conn.execute("SET LOCAL hnsw.ef_search = 100")
+        conn.execute("SET LOCAL hnsw.ef_search = 128")
         conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
         rows = conn.execute(
             "SELECT c.id, c.document_id, c.idx, c.text, d.title, 1 - (c.embedding <=> %(v)s) AS score "
