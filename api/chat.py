@@ -87,7 +87,7 @@ def parse_request(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def search(conn, project: str, vector, top_k: int) -> list[dict[str, Any]]:
-    """Top-k chunks of this project's documents by cosine similarity: HNSW with ef_search 100, and an
+    """Top-k chunks of this project's documents by cosine similarity: HNSW with ef_search 128, and an
     iterative scan so that the project filter cannot starve the result."""
     with conn.transaction():  # pool connections have pgvector's adapters (eventlog/db.py)
         conn.execute("SET LOCAL hnsw.ef_search = 128")
