@@ -99,7 +99,9 @@ def main() -> int:
         stopping = True
         raise KeyboardInterrupt
 
+    # Both explicitly: a shell starting us in the background leaves SIGINT ignored, and Python keeps it so.
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     honcho = None
     try:
         env = infra.start()
