@@ -7,8 +7,8 @@ from flask import Blueprint, g, jsonify, request
 
 from api.auth import ROLES, hash_key, key_id_for, new_key, require
 from api.common import Idempotent, append_and_respond, json_body, metadata, now, page_limit, svc
-from domain.errors import ValidationError
-from domain.events import KeyCreated, key_stream
+from domain.errors import NotFound, ValidationError
+from domain.events import KeyCreated, KeyRevoked, key_stream
 from eventlog.runner import replay
 from eventlog.store import NewEvent
 
@@ -48,6 +48,27 @@ def list_keys():
         rows = c.execute("SELECT id, name, role, project, created_at, revoked FROM api_keys WHERE project = %s "
                          "ORDER BY created_at, id", (p.project,)).fetchall()
     return jsonify({"object": "list", "data": rows})
+
+
+@bp.delete("/keys/<key_id>")
+def revoke_key(key_id: str):
+    """Revoke a key of this project: it stops working at once (the log keeps that it existed)."""
+    p = require("admin")
+    with svc().pool.connection() as c:
+        row = c.execute("SELECT id, revoked FROM api_keys WHERE id = %s AND project = %s",
+                        (key_id, p.project)).fetchone()
+    if row is None:
+        raise NotFound(f"no API key {key_id} in this project", param="key_id")
+    body = {"object": "api_key", "id": key_id, "revoked": True}
+    if row["revoked"]:
+        return jsonify(body)
+    idem = Idempotent({"revoke": key_id})
+    replayed = idem.replay()
+    if replayed is not None:
+        return replayed
+    ev = KeyRevoked(id=key_id, revoked_at=now())
+    return append_and_respond(idem, 200, body, lambda cmd: svc().store.append(
+        key_stream(key_id), None, [NewEvent(ev.type, ev.to_data(), metadata(key_id))], command=cmd))
 
 
 @bp.get("/events")

@@ -91,6 +91,7 @@ def document() -> dict[str, Any]:
             "/v1/models/{model_id}": {"get": _op("Retrieve a model", "models", params=[_p("model_id")])},
             "/api/keys": {"post": _op("Create an API key (admin)", "admin", body=JSON("CreateKey"), ok="201"),
                           "get": _op("List API keys (admin)", "admin")},
+            "/api/keys/{key_id}": {"delete": _op("Revoke an API key (admin)", "admin", params=[_p("key_id")])},
             "/api/events": {"get": _op("Audit log (admin)", "admin",
                                        params=[_q("after", "position"), _q("limit", "page size"),
                                                _q("stream", "stream id")])},

@@ -95,3 +95,16 @@ def test_replay_over_http_rebuilds_the_same_read_models(stack):
             break
     assert after == before
     assert stack.http("POST", "/api/admin/replay", stack.new_key("trainer")["key"]).status_code == 403
+
+
+def test_a_revoked_key_stops_working_at_once(stack):
+    admin = stack.new_key("admin")
+    trainer = stack.new_key("trainer", project=admin["project"])
+    assert stack.http("GET", "/v1/files", trainer["key"]).status_code == 200
+    assert stack.http("DELETE", f"/api/keys/{trainer['id']}", trainer["key"]).status_code == 403
+    r = stack.http("DELETE", f"/api/keys/{trainer['id']}", admin["key"])
+    assert r.status_code == 200 and r.json()["revoked"] is True
+    assert stack.http("GET", "/v1/files", trainer["key"]).status_code == 401
+    assert stack.http("DELETE", f"/api/keys/{trainer['id']}", stack.admin_key).status_code == 404  # other project
+    listed = {k["id"]: k for k in stack.http("GET", "/api/keys", admin["key"]).json()["data"]}
+    assert listed[trainer["id"]]["revoked"] is True
