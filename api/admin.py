@@ -27,9 +27,6 @@ def create_key():
         raise ValidationError("project must be a non-empty string of at most 64 characters", param="project")
     name = str(body.get("name") or role)
     idem = Idempotent(body)
-    replayed = idem.replay()
-    if replayed is not None:
-        return replayed
     key = new_key()
     h = hash_key(key)
     ev = KeyCreated(id=key_id_for(h), key_hash=h, name=name, role=role, project=project, created_at=now())
@@ -63,9 +60,6 @@ def revoke_key(key_id: str):
     if row["revoked"]:
         return jsonify(body)
     idem = Idempotent({"revoke": key_id})
-    replayed = idem.replay()
-    if replayed is not None:
-        return replayed
     ev = KeyRevoked(id=key_id, revoked_at=now())
     return append_and_respond(idem, 200, body, lambda cmd: svc().store.append(
         key_stream(key_id), None, [NewEvent(ev.type, ev.to_data(), metadata(key_id))], command=cmd))

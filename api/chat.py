@@ -249,9 +249,6 @@ def give_feedback():
                                   "conversation it corrects in 'messages'", param="messages")
         messages = [{"role": m.get("role"), "content": m["content"]} for m in messages]
     idem = Idempotent(body)
-    replay = idem.replay()
-    if replay is not None:
-        return replay
     fid = "fb-" + uuid.uuid4().hex[:20]
     ev = FeedbackGiven(id=fid, chat_id=chat_id, project=p.project, rating=rating, comment=comment,
                        corrected_answer=corrected, messages=messages if corrected else None,
@@ -308,9 +305,6 @@ def dataset_from_feedback():
     report = check_chat_jsonl(content, min_examples=1, max_tokens=10**9)
     sha = hashlib.sha256(content).hexdigest()
     idem = Idempotent({"sha256": sha})
-    replay = idem.replay()
-    if replay is not None:
-        return replay
     with svc().pool.connection() as c:
         c.execute("INSERT INTO blobs (sha256, content) VALUES (%s, %s) ON CONFLICT DO NOTHING", (sha, content))
     file_id = "file-" + uuid.uuid4().hex[:24]

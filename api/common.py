@@ -50,25 +50,31 @@ def fingerprint(parts: Any) -> str:
                                      default=str).encode()).hexdigest()
 
 
+class Replayed(Exception):  # noqa: N818 - control flow, not an error
+    """This Idempotency-Key was seen before: answer with the first response (api/errors.py)."""
+
+    def __init__(self, response):
+        super().__init__("replayed")
+        self.response = response
+
+
 class Idempotent:
-    """Idempotency-Key handling: a retry returns the first response and appends nothing."""
+    """Idempotency-Key handling: a retry returns the first response and appends nothing.
+
+    Constructing it checks the key: a known key with the same request raises Replayed (answered with
+    the stored response), with another request IdempotencyMismatch (422)."""
 
     def __init__(self, parts: Any):
         key = request.headers.get("Idempotency-Key")
         self.command_id = f"{g.principal.key_id}:{key}" if key else None
         self.request_hash = fingerprint(parts)
-
-    def replay(self):
-        """The stored response if this key was used before (None otherwise)."""
-        if not self.command_id:
-            return None
-        row = svc().store.lookup_command(self.command_id)
-        if row is None:
-            return None
-        if row["request_hash"] != self.request_hash:
-            raise IdempotencyMismatch("this Idempotency-Key was already used with a different request",
-                                      param="Idempotency-Key")
-        return self.respond(row["response"], replayed=True)
+        if self.command_id:
+            row = svc().store.lookup_command(self.command_id)
+            if row is not None:
+                if row["request_hash"] != self.request_hash:
+                    raise IdempotencyMismatch("this Idempotency-Key was already used with a different request",
+                                              param="Idempotency-Key")
+                raise Replayed(self.respond(row["response"], replayed=True))
 
     def command(self, status: int, body: dict[str, Any]) -> Command | None:
         if not self.command_id:

@@ -20,6 +20,12 @@ def error_response(status: int, code: str | None, message: str, param: str | Non
 
 
 def register(app: Flask) -> None:
+    from api.common import Replayed
+
+    @app.errorhandler(Replayed)
+    def _replayed(e: Replayed):
+        return e.response
+
     @app.errorhandler(DomainError)
     def _domain(e: DomainError):
         return error_response(e.status, e.code, e.message, e.param)

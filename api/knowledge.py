@@ -90,9 +90,6 @@ def add_document():
     text_bytes = text.encode("utf-8")
     text_sha = hashlib.sha256(text_bytes).hexdigest()
     idem = Idempotent({"title": title, "sha256": sha})
-    replay = idem.replay()
-    if replay is not None:
-        return replay
     with svc().pool.connection() as c:
         c.execute("INSERT INTO blobs (sha256, content) VALUES (%s, %s), (%s, %s) ON CONFLICT DO NOTHING",
                   (sha, content, text_sha, text_bytes))
@@ -141,9 +138,6 @@ def delete_document(doc_id: str):
     require("admin", "trainer")
     _get(doc_id)
     idem = Idempotent({"document": doc_id})
-    replay = idem.replay()
-    if replay is not None:
-        return replay
     ev = DocumentDeleted(id=doc_id, at=now())
     # No expected version: deleting wins over an indexing in flight (whose own append then conflicts).
     return append_and_respond(idem, 200, {"id": doc_id, "object": "document", "deleted": True},

@@ -63,9 +63,6 @@ def upload_file():
     sha = hashlib.sha256(content).hexdigest()
     filename = Path(upload.filename or "upload.jsonl").name
     idem = Idempotent({"purpose": purpose, "filename": filename, "sha256": sha})
-    replay = idem.replay()
-    if replay is not None:
-        return replay
     from api.tokens import counter
 
     max_ctx = max(m.context_length for m in BASE_MODELS.values())
@@ -124,9 +121,6 @@ def delete_file(file_id: str):
     require("admin", "trainer")
     _get_file(file_id)
     idem = Idempotent({"file": file_id})
-    replay = idem.replay()
-    if replay is not None:
-        return replay
     body = {"id": file_id, "object": "file", "deleted": True}
     ev = FileDeleted(id=file_id, deleted_at=now())
     version = svc().store.stream_version(file_stream(file_id))
@@ -190,9 +184,6 @@ def create_job():
         raise ValidationError(f"unrecognized request argument(s): {', '.join(sorted(unknown))}",
                               param=sorted(unknown)[0])
     idem = Idempotent(body)
-    replay = idem.replay()
-    if replay is not None:
-        return replay
     backend, context_length = _resolve_model(body.get("model"))
     if not isinstance(body.get("training_file"), str):
         raise ValidationError("training_file is required (an uploaded file id)", param="training_file")
@@ -271,9 +262,6 @@ def cancel_job(job_id: str):
     require("admin", "trainer")
     _get_job(job_id)  # 404 for another project's job
     idem = Idempotent({"job": job_id})
-    replay = idem.replay()
-    if replay is not None:
-        return replay
     store = svc().store
     for _ in range(10):  # optimistic concurrency: the worker may append progress meanwhile; decide again
         events = store.read_stream(job_stream(job_id))

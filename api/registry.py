@@ -116,9 +116,6 @@ def promote(alias: str):
     if not isinstance(reason, str) or not reason.strip():
         raise ValidationError("reason is required: say why this model is promoted", param="reason")
     idem = Idempotent(body)
-    replay = idem.replay()
-    if replay is not None:
-        return replay
     new = resolve(p.project, model)
     if new.alias is not None:
         raise ValidationError(f"{model!r} is an alias; promote a model id", param="model")
@@ -155,9 +152,6 @@ def put_settings():
     p = require("admin")
     patch = json_body()
     idem = Idempotent(patch)
-    replay = idem.replay()
-    if replay is not None:
-        return replay
     new = settings_for(p.project).updated(patch)
     ev = ProjectSettingsChanged(project=p.project, settings=new.to_dict(), at=now())
     body = {"object": "settings", "project": p.project, **new.to_dict()}

@@ -176,16 +176,12 @@ def bench_replay(server: str, total: int) -> None:
            ">= 60,000 ev/s")
 
 
-# ---- submit -> JobStarted ----------------------------------------------------------------------------------
-def bench_latency(server: str, redis_url: str, tmp: Path, samples: int) -> None:
-    import redis
-    from rq import Queue
-
+def start_stack(server: str, redis_url: str, data: Path, db: str):
+    """The service's processes (from the Procfile) on a fresh database, with an admin key."""
     from eventlog.supervisor import register_key
     from tests.helpers import Stack, free_port
 
-    url = create_database(server, "bench_stack")
-    data = tmp / "stack"
+    url = create_database(server, db)
     data.mkdir()
     port = free_port()
     env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": redis_url, "TUNELOG_DATA_DIR": str(data),
@@ -197,6 +193,16 @@ def bench_latency(server: str, redis_url: str, tmp: Path, samples: int) -> None:
     register_key(url, stack.admin_key, role="admin", project="bench", name="bench")
     for name in ("web", "projector", "dispatcher", "worker-cpu"):
         stack.start(name)
+    return stack, url
+
+
+# ---- submit -> JobStarted ----------------------------------------------------------------------------------
+def bench_latency(server: str, redis_url: str, tmp: Path, samples: int) -> None:
+    import redis
+    from rq import Queue
+
+    data = tmp / "stack"
+    stack, url = start_stack(server, redis_url, data, "bench_stack")
     try:
         stack.wait_healthy()
         k = stack.admin_key
@@ -226,12 +232,11 @@ def bench_latency(server: str, redis_url: str, tmp: Path, samples: int) -> None:
         stack.stop_all()
     # baseline: plain RQ, the same fork-per-job worker, enqueue -> the job function starts
     r = redis.Redis.from_url(redis_url)
-    stack2 = Stack(env={**env, "REDIS_URL": redis_url}, data_dir=data, port=port)
     import subprocess
 
     log = open(data / "rq-baseline.log", "wb")
     worker = subprocess.Popen([sys.executable, "-m", "rq.cli", "worker", "--url", redis_url, "bench"],
-                              cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, env=stack2.env)
+                              cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, env=stack.env)
     base = []
     try:
         q = Queue("bench", connection=r)
@@ -386,22 +391,10 @@ def bench_chat(server: str, redis_url: str, tmp: Path, samples: int) -> None:
 
     from api.chat import build_prompt
     from eventlog.catalog import ensure_base_model
-    from eventlog.supervisor import register_key
-    from tests.helpers import Stack, free_port
 
-    url = create_database(server, "bench_chat")
-    data = tmp / "chat"
-    data.mkdir()
-    port = free_port()
     model_dir = ROOT / ".data" / "models"
-    env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": redis_url, "TUNELOG_DATA_DIR": str(data),
-           "TUNELOG_MODEL_DIR": str(model_dir), "TUNELOG_PORT": str(port), "PYTHONUNBUFFERED": "1",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-    stack = Stack(env=env, data_dir=data, port=port)
-    stack.admin_key = "tl-bench-" + uuid.uuid4().hex
-    register_key(url, stack.admin_key, role="admin", project="bench", name="bench")
-    for name in ("web", "projector", "dispatcher", "worker-cpu"):
-        stack.start(name)
+    data = tmp / "chat"
+    stack, url = start_stack(server, redis_url, data, "bench_chat")
     question = "How do plants use sunlight to make food?"
     try:
         stack.wait_healthy()
