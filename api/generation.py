@@ -56,9 +56,9 @@ class ModelServer:
                 import torch
                 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-                from eventlog.catalog import ensure_base_model
+                from eventlog.catalog import model_path
 
-                path = ensure_base_model(self.model_dir, base_id)
+                path = model_path(self.model_dir, base_id)
                 dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
                 if torch.cuda.is_available():

@@ -37,6 +37,13 @@ def local_model_path(model_dir: Path, model_id: str) -> Path:
     return model_dir / model_id
 
 
+def model_path(model_dir: Path, model_id: str) -> Path:
+    """Where a trainable/servable base model's files are: `hf/<folder>` as given, a bundled one converted."""
+    if model_id.startswith("hf/"):
+        return Path(model_id[3:])
+    return ensure_base_model(model_dir, model_id)
+
+
 def ensure_base_model(model_dir: Path, model_id: str) -> Path:
     """The model as a plain safetensors folder, converted once from the bundled GGUF (dequantized)."""
     base = BASE_MODELS[model_id]

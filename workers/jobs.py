@@ -26,7 +26,7 @@ from domain.errors import ConcurrencyConflict
 from domain.events import job_stream, model_stream
 from domain.jobs import JobState, fold
 from eventlog.bootstrap import Services, bootstrap
-from eventlog.catalog import BASE_MODELS, ensure_base_model
+from eventlog.catalog import model_path
 from eventlog.store import Append, NewEvent
 from workers.progress import Fenced, ProgressLog
 
@@ -189,7 +189,7 @@ def _train(svc: Services, state, attempt: int, progress: ProgressLog, lease: Lea
     work.mkdir(parents=True, exist_ok=True)
     artifact_rel = f"artifacts/{job_id}/adapter"
     try:
-        base_path = ensure_base_model(s.model_dir, state.model)
+        base_path = model_path(s.model_dir, state.model)
         train = _write_file(svc, state.training_file, work / "train.jsonl")
         valid = _write_file(svc, state.validation_file, work / "valid.jsonl")
     except Exception as e:  # noqa: BLE001 - reported to the user as the job's error
@@ -319,4 +319,4 @@ def _stop_child(child: subprocess.Popen) -> None:
             child.wait()
 
 
-__all__ = ["run_training", "BASE_MODELS"]
+__all__ = ["run_training"]

@@ -68,3 +68,21 @@ def test_openai_sdk_fine_tunes_the_bundled_model_end_to_end(stack):
 
     adapter = stack.data_dir / "artifacts" / job.id / "adapter"
     assert (adapter / "adapter_model.safetensors").exists() and (adapter / "adapter_config.json").exists()
+
+
+def test_a_local_hugging_face_folder_trains_and_answers_as_hf_path(stack):
+    """`hf/<folder>`: any local transformers model folder (here the converted bundled model)."""
+    key = stack.new_key("trainer")["key"]
+    folder = stack.env["TUNELOG_MODEL_DIR"] + "/smollm2-135m-instruct"
+    fid = stack.http("POST", "/v1/files", key, files={"file": ("t.jsonl", (DATA / "tiny_train.jsonl").read_bytes())},
+                     data={"purpose": "fine-tune"}).json()["id"]
+    job = stack.http("POST", "/v1/fine_tuning/jobs", key, json={
+        "model": f"hf/{folder}", "training_file": fid,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 12}}}}).json()
+    job = stack.wait_job(key, job["id"], {"succeeded", "failed"}, timeout=300)
+    assert job["status"] == "succeeded", job["error"]
+    chat = stack.http("POST", "/v1/chat/completions", key, json={
+        "model": job["fine_tuned_model"], "max_tokens": 4, "temperature": 0, "retrieval": False,
+        "messages": [{"role": "user", "content": "What is a noun?"}]})
+    assert chat.status_code == 200, chat.text
+    assert chat.json()["model"] == job["fine_tuned_model"]
