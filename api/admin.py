@@ -6,8 +6,8 @@ from typing import Any
 from flask import Blueprint, g, jsonify, request
 
 from api.auth import ROLES, hash_key, key_id_for, new_key, require
-from api.common import Idempotent, append_and_respond, json_body, metadata, now, page_limit, svc
-from domain.errors import NotFound, ValidationError
+from api.common import Idempotent, append_and_respond, json_body, metadata, now, owned, page_limit, svc
+from domain.errors import ValidationError
 from domain.events import KeyCreated, KeyRevoked, key_stream
 from eventlog.runner import replay
 from eventlog.store import NewEvent
@@ -50,12 +50,8 @@ def list_keys():
 @bp.delete("/keys/<key_id>")
 def revoke_key(key_id: str):
     """Revoke a key of this project: it stops working at once (the log keeps that it existed)."""
-    p = require("admin")
-    with svc().pool.connection() as c:
-        row = c.execute("SELECT id, revoked FROM api_keys WHERE id = %s AND project = %s",
-                        (key_id, p.project)).fetchone()
-    if row is None:
-        raise NotFound(f"no API key {key_id} in this project", param="key_id")
+    require("admin")
+    row = owned("api_keys", key_id, "API key", "key_id")
     body = {"object": "api_key", "id": key_id, "revoked": True}
     if row["revoked"]:
         return jsonify(body)

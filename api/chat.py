@@ -11,9 +11,9 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
 from api.auth import require
-from api.common import Idempotent, append_and_respond, json_body, metadata, now, page_limit, svc
+from api.common import Idempotent, append_and_respond, json_body, metadata, now, owned, page_limit, svc
 from api.registry import ResolvedModel, resolve, settings_for
-from domain.errors import NotFound, ValidationError
+from domain.errors import ValidationError
 from domain.events import ChatAnswered, FeedbackApproved, FeedbackGiven, chat_stream
 from eventlog.store import NewEvent
 
@@ -227,10 +227,7 @@ def give_feedback():
     chat_id = body.get("chat_id")
     if not isinstance(chat_id, str):
         raise ValidationError("chat_id is required (the id of a chat completion)", param="chat_id")
-    with svc().pool.connection() as c:
-        answer = c.execute("SELECT * FROM chat_answers WHERE id = %s AND project = %s", (chat_id, p.project)).fetchone()
-    if answer is None:
-        raise NotFound(f"no chat answer {chat_id} in this project", param="chat_id")
+    answer = owned("chat_answers", chat_id, "chat answer", "chat_id")
     rating = body.get("rating")
     if isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5:
         raise ValidationError("rating must be an integer from 1 to 5", param="rating")
@@ -261,11 +258,7 @@ def give_feedback():
 @bp.post("/api/chat/feedback/<feedback_id>/approve")
 def approve_feedback(feedback_id: str):
     p = require("admin", "trainer")
-    with svc().pool.connection() as c:
-        row = c.execute("SELECT * FROM chat_feedback WHERE id = %s AND project = %s",
-                        (feedback_id, p.project)).fetchone()
-    if row is None:
-        raise NotFound(f"no feedback {feedback_id} in this project", param="feedback_id")
+    row = owned("chat_feedback", feedback_id, "feedback", "feedback_id")
     if row["corrected_answer"] is None:
         raise ValidationError("only feedback with a corrected answer can be approved for training",
                               param="feedback_id")

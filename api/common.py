@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import current_app, g, jsonify, request
 
-from domain.errors import IdempotencyMismatch, ValidationError
+from domain.errors import IdempotencyMismatch, NotFound, ValidationError
 from eventlog.bootstrap import Services
 from eventlog.runner import catch_up
 from eventlog.store import Command
@@ -98,6 +98,17 @@ def append_and_respond(idem: Idempotent, status: int, body: dict[str, Any], do_a
     resp = jsonify(body)
     resp.status_code = status
     return resp
+
+
+def owned(table: str, row_id: str, what: str, param: str) -> dict[str, Any]:
+    """Row `row_id` of `table` (a read model with `id` and `project`) in the caller's project; 404
+    otherwise: another project's objects are invisible, not forbidden."""
+    with svc().pool.connection() as c:
+        row = c.execute(f"SELECT * FROM {table} WHERE id = %s AND project = %s",
+                        (row_id, g.principal.project)).fetchone()
+    if row is None:
+        raise NotFound(f"no such {what}: {row_id}", param=param)
+    return row
 
 
 def page_limit(default: int = 20, maximum: int = 100) -> int:

@@ -10,8 +10,8 @@ from typing import Any
 from flask import Blueprint, g, jsonify, request
 
 from api.auth import require
-from api.common import Idempotent, append_and_respond, metadata, now, page_limit, svc
-from domain.errors import NotFound, PayloadTooLarge, ValidationError
+from api.common import Idempotent, append_and_respond, metadata, now, owned, page_limit, svc
+from domain.errors import PayloadTooLarge, ValidationError
 from domain.events import DocumentAdded, DocumentDeleted, document_stream
 from eventlog.store import NewEvent
 
@@ -102,12 +102,7 @@ def add_document():
 
 
 def _get(doc_id: str) -> dict[str, Any]:
-    with svc().pool.connection() as c:
-        row = c.execute("SELECT * FROM documents WHERE id = %s AND project = %s",
-                        (doc_id, g.principal.project)).fetchone()
-    if row is None:
-        raise NotFound(f"no such document: {doc_id}", param="document_id")
-    return row
+    return owned("documents", doc_id, "document", "document_id")
 
 
 @bp.get("/documents")

@@ -12,7 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 
 from api.auth import require
-from api.common import Idempotent, append_and_respond, json_body, metadata, now, page_limit, svc
+from api.common import Idempotent, append_and_respond, json_body, metadata, now, owned, page_limit, svc
 from domain.configs import parse_method
 from domain.datasets import check_chat_jsonl
 from domain.errors import ConcurrencyConflict, Conflict, NotFound, PayloadTooLarge, ValidationError
@@ -34,14 +34,14 @@ def file_object(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _get_file(file_id: str, param: str | None = None) -> dict[str, Any]:
-    with svc().pool.connection() as c:
-        row = c.execute("SELECT * FROM files WHERE id = %s AND project = %s", (file_id, g.principal.project)).fetchone()
-    if row is None:
+    """The file, or 404; named by a job's `param` (training_file...), a 400 as OpenAI answers."""
+    try:
+        return owned("files", file_id, "file", "file_id")
+    except NotFound:
         if param:
             raise ValidationError(f"invalid {param}: no file {file_id!r} in this project", param=param,
-                                  code="invalid_file")
-        raise NotFound(f"no such file: {file_id}", param="file_id")
-    return row
+                                  code="invalid_file") from None
+        raise
 
 
 @bp.post("/files")
@@ -143,11 +143,7 @@ def job_object(j: JobState | dict[str, Any]) -> dict[str, Any]:
 
 
 def _get_job(job_id: str) -> dict[str, Any]:
-    with svc().pool.connection() as c:
-        row = c.execute("SELECT * FROM jobs WHERE id = %s AND project = %s", (job_id, g.principal.project)).fetchone()
-    if row is None:
-        raise NotFound(f"no such fine-tuning job: {job_id}", param="fine_tuning_job_id")
-    return row
+    return owned("jobs", job_id, "fine-tuning job", "fine_tuning_job_id")
 
 
 def _resolve_model(model: Any) -> tuple[str, int]:
