@@ -142,16 +142,11 @@ class EventStore:
         return int(row["v"])
 
     def read_all(self, after: int = 0, limit: int = 1000, conn: psycopg.Connection | None = None,
-                 stream_prefix: str | None = None, with_metadata: bool = True) -> list[RecordedEvent]:
+                 with_metadata: bool = True) -> list[RecordedEvent]:
         """Events after a position, in order. Projections skip metadata (it is never projected)."""
         columns = _COLUMNS if with_metadata else _COLUMNS.replace("metadata", "'{}'::jsonb AS metadata")
-        sql = f"SELECT {columns} FROM events WHERE global_position > %s"
-        params: list[Any] = [after]
-        if stream_prefix:
-            sql += " AND stream_id LIKE %s"
-            params.append(stream_prefix.replace("%", r"\%").replace("_", r"\_") + "%")
-        sql += " ORDER BY global_position LIMIT %s"
-        params.append(limit)
+        sql = f"SELECT {columns} FROM events WHERE global_position > %s ORDER BY global_position LIMIT %s"
+        params = (after, limit)
         if conn is not None:
             return [_row(r) for r in conn.execute(sql, params).fetchall()]
         with self.pool.connection() as c:

@@ -116,6 +116,7 @@ class Claim:
     worker: str
     version: int  # the stream's version after JobStarted
     metadata: dict[str, Any]
+    training_file_sha256: str | None  # from JobCreated: the lineage records which bytes trained the model
 
 
 # Claims made by the RQ worker process just before it forks the work horse (the horse inherits this
@@ -149,7 +150,7 @@ def claim(svc: Services, job_id: str, attempt: int) -> Claim | str:
     except ConcurrencyConflict:
         lease.release()
         return "skipped: another worker started it, or it changed"
-    return Claim(state, attempt, worker, state.version + 1, meta)
+    return Claim(state, attempt, worker, state.version + 1, meta, events[0].data.get("training_file_sha256"))
 
 
 def preclaim(job_id: str, attempt: int) -> None:
@@ -166,7 +167,7 @@ def run_training(job_id: str, attempt: int) -> str:
     lease.start_heartbeat()
     progress = ProgressLog(svc.store, job_id, won.version, attempt, won.metadata)
     try:
-        return _train(svc, won.state, attempt, progress, lease)
+        return _train(svc, won, progress, lease)
     except Fenced as e:
         log.warning("job %s: fenced off (%s)", job_id, e)
         return "fenced"
@@ -182,7 +183,8 @@ def run_training(job_id: str, attempt: int) -> str:
         lease.release()
 
 
-def _train(svc: Services, state, attempt: int, progress: ProgressLog, lease: Lease) -> str:
+def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> str:
+    state, attempt = won.state, won.attempt
     s = svc.settings
     job_id = state.id
     work = s.work_dir / job_id / f"attempt-{attempt}"
@@ -280,7 +282,7 @@ def _train(svc: Services, state, attempt: int, progress: ProgressLog, lease: Lea
     model_id = _model_id(state)
     lineage = {
         "base_model": state.model, "job_id": job_id, "training_file": state.training_file,
-        "training_file_sha256": _file_sha(progress, state), "validation_file": state.validation_file,
+        "training_file_sha256": won.training_file_sha256, "validation_file": state.validation_file,
         "hyperparameters": state.hyperparameters, "method": state.method, "seed": state.seed,
         "attempt": attempt, "final_metrics": last_metrics,
     }
@@ -295,13 +297,6 @@ def _train(svc: Services, state, attempt: int, progress: ProgressLog, lease: Lea
             progress.metadata)])],
     )
     return model_id
-
-
-def _file_sha(progress: ProgressLog, state) -> str | None:
-    for e in progress.store.read_stream(job_stream(state.id)):
-        if e.type == "JobCreated":
-            return e.data.get("training_file_sha256")
-    return None
 
 
 def _model_id(state) -> str:
