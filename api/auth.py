@@ -1,15 +1,18 @@
 """Bearer API keys: stored hashed (sha256 of a 256-bit random key), each with a role and a project."""
 from __future__ import annotations
 
-import hashlib
-import secrets
 from dataclasses import dataclass
 
 from flask import Flask, g, request
 
 from domain.errors import Forbidden, Unauthorized
+from eventlog.keys import hash_key, key_id_for, new_key  # noqa: F401 - re-exported for the API
 
-ROLES = ("admin", "trainer", "viewer")
+ROLES = ("admin", "trainer", "viewer")  # what a key can be given through the API
+# The instance operator's key (the bootstrap TUNELOG_API_KEY, or the one generated into the data
+# directory) is the one key that crosses projects: keys for any project, every project's audit log,
+# replay and dead letters. It is registered only by scripts/serve itself, never minted over the API.
+OPERATOR = "operator"
 PUBLIC = {"/", "/healthz", "/metrics", "/openapi.json"}
 VIEWER_WRITES = {"/v1/chat/completions", "/api/chat/feedback"}  # what the chat's users may POST
 
@@ -20,23 +23,24 @@ class Principal:
     role: str
     project: str
 
-
-def new_key() -> str:
-    return "tl-" + secrets.token_urlsafe(32)
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def key_id_for(key_hash: str) -> str:
-    return "key_" + key_hash[:16]
+    @property
+    def operator(self) -> bool:
+        return self.role == OPERATOR
 
 
 def require(*roles: str) -> Principal:
+    """The caller, if its role is one of `roles` (the operator is an admin of its own project too)."""
     p: Principal = g.principal
-    if p.role not in roles:
+    if p.role not in roles and not (p.operator and "admin" in roles):
         raise Forbidden(f"this action needs the role {' or '.join(roles)}; your key has {p.role}")
+    return p
+
+
+def require_operator() -> Principal:
+    p: Principal = g.principal
+    if not p.operator:
+        raise Forbidden("this action is for the instance operator's key only (TUNELOG_API_KEY or the key "
+                        "generated into the data directory); project admins act on their own project")
     return p
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from domain.errors import IdempotencyMismatch, NotFound, ValidationError
 from eventlog.bootstrap import Services
 from eventlog.runner import catch_up
 from eventlog.store import Command
+
+log = logging.getLogger("tunelog.api")
 
 
 def svc() -> Services:
@@ -94,10 +97,20 @@ def append_and_respond(idem: Idempotent, status: int, body: dict[str, Any], do_a
     result = do_append(idem.command(status, body))
     if result.duplicate:
         return Idempotent.respond(result.response, replayed=True)
-    catch_up(svc().pool)  # read-your-writes: the read models include this append before we answer
+    fresh(svc().pool)  # read-your-writes: the read models include this append before we answer
     resp = jsonify(body)
     resp.status_code = status
     return resp
+
+
+def fresh(pool) -> None:
+    """Bring the read models up to date for read-your-writes. Best effort: the append has committed, so
+    a failing projection (it is isolated and parked by the projector) or a lock wait must never turn an
+    accepted command into an error; the projector applies it moments later anyway."""
+    try:
+        catch_up(pool)
+    except Exception:  # noqa: BLE001 - logged; the command itself succeeded
+        log.warning("read-your-writes catch-up failed; the projector will apply it", exc_info=True)
 
 
 def owned(table: str, row_id: str, what: str, param: str) -> dict[str, Any]:

@@ -4,13 +4,16 @@ from __future__ import annotations
 import logging
 
 import psycopg
+import redis
 from flask import Flask, jsonify
+from psycopg_pool import PoolTimeout
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from domain.errors import DomainError
 from eventlog.db import DatabaseUnavailable
 
 log = logging.getLogger("tunelog.api")
+RETRY_AFTER_SECONDS = 5
 
 
 def error_response(status: int, code: str | None, message: str, param: str | None = None, type_: str | None = None):
@@ -40,14 +43,23 @@ def register(app: Flask) -> None:
     def _http(e: HTTPException):
         return error_response(e.code or 500, (e.name or "error").lower().replace(" ", "_"), e.description or e.name)
 
+    def _unavailable(code: str, message: str):
+        resp, status = error_response(503, code, message)
+        resp.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return resp, status
+
     @app.errorhandler(DatabaseUnavailable)
     @app.errorhandler(psycopg.OperationalError)
+    @app.errorhandler(PoolTimeout)
     def _db(e):
-        return error_response(503, "database_unavailable", "the database is unreachable; try again shortly")
+        return _unavailable("database_unavailable", "the database is unreachable; try again shortly")
+
+    @app.errorhandler(redis.exceptions.ConnectionError)
+    @app.errorhandler(redis.exceptions.TimeoutError)
+    def _redis(e):
+        return _unavailable("queue_unavailable", "the job queue (Redis) is unreachable; try again shortly")
 
     @app.errorhandler(Exception)
     def _unexpected(e: Exception):
-        if type(e).__name__ == "PoolTimeout":
-            return error_response(503, "database_unavailable", "the database is unreachable; try again shortly")
         log.exception("unhandled error")
         return error_response(500, "internal_error", "internal server error")

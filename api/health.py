@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from flask import Blueprint, Flask, Response, g, jsonify, request
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from api.common import svc
 from api.openapi import document
@@ -15,13 +16,36 @@ REQUESTS = Counter("tunelog_http_requests_total", "HTTP requests", ["method", "r
 LATENCY = Histogram("tunelog_http_request_seconds", "HTTP request latency", ["method", "route"])
 
 
+PART_STALE_SECONDS = 15  # a part whose heartbeat is older than this is reported "stale"
+
+
 @bp.get("/healthz")
 def healthz():
-    checks = {}
+    """Postgres and Redis (503 with Retry-After when either is unreachable), and every part of the
+    service from its heartbeat: projector (with its lag behind the log and parked events), dispatcher,
+    and the workers of each queue. A missing part makes the status "degraded", not 503: the API itself
+    still answers."""
+    checks: dict[str, Any] = {}
+    parts: dict[str, Any] = {}
     try:
         with svc().pool.connection(timeout=2) as c:
-            c.execute("SELECT 1")
+            row = c.execute(
+                "SELECT (SELECT coalesce(max(global_position), 0) FROM events) AS head, "
+                "(SELECT coalesce(min(position), 0) FROM projection_checkpoints) AS low, "
+                "(SELECT count(*) FROM projection_failures WHERE parked) AS parked, "
+                "(SELECT coalesce(jsonb_object_agg(kind, n), '{}'::jsonb) FROM ("
+                "  SELECT kind, count(*) AS n FROM heartbeats "
+                "  WHERE seen_at > now() - make_interval(secs => %s) GROUP BY kind) k) AS alive",
+                (PART_STALE_SECONDS,)).fetchone()
         checks["postgres"] = "ok"
+        alive = row["alive"] or {}
+        parts["projector"] = {"status": "ok" if alive.get("projector") else "down",
+                              "lag_events": int(row["head"] - row["low"]), "parked_events": int(row["parked"])}
+        parts["dispatcher"] = {"status": "ok" if alive.get("dispatcher") else "down"}
+        for kind in sorted(k for k in alive if k.startswith("worker-")):
+            parts[kind] = {"status": "ok", "processes": alive[kind]}
+        for queue in ("worker-cpu",):
+            parts.setdefault(queue, {"status": "down", "processes": 0})
     except Exception as e:  # noqa: BLE001 - any failure means unhealthy
         checks["postgres"] = f"unreachable: {type(e).__name__}"
     try:
@@ -30,11 +54,28 @@ def healthz():
     except Exception as e:  # noqa: BLE001
         checks["redis"] = f"unreachable: {type(e).__name__}"
     ok = all(v == "ok" for v in checks.values())
-    return jsonify({"status": "ok" if ok else "unavailable", **checks}), 200 if ok else 503
+    status = "ok" if ok and all(p["status"] == "ok" for p in parts.values()) else ("degraded" if ok else "unavailable")
+    resp = jsonify({"status": status, **checks, "parts": parts})
+    if not ok:
+        resp.headers["Retry-After"] = "5"
+    return resp, 200 if ok else 503
+
+
+PARKED = Gauge("tunelog_projection_parked_events", "Events a projection could not apply and parked (dead letters)",
+               ["projection"])
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 @bp.get("/metrics")
 def metrics():
+    try:
+        with svc().pool.connection(timeout=2) as c:
+            rows = c.execute("SELECT name, count(*) FILTER (WHERE parked) AS n FROM projection_failures "
+                             "GROUP BY name").fetchall()
+        for r in rows:
+            PARKED.labels(r["name"]).set(r["n"])
+    except Exception:  # noqa: BLE001 - the other metrics are still worth serving
+        pass
     return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
 
 
@@ -50,8 +91,11 @@ def register(app: Flask) -> None:
 
     @app.after_request
     def _observe(resp):
+        # label values from a closed set only: made-up methods or paths must not grow new series
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        REQUESTS.labels(request.method, route, str(resp.status_code)).inc()
+        method = request.method if request.method in KNOWN_METHODS else "other"
+        status = str(resp.status_code) if 100 <= resp.status_code < 600 else "other"
+        REQUESTS.labels(method, route, status).inc()
         if hasattr(g, "_t0"):
-            LATENCY.labels(request.method, route).observe(time.perf_counter() - g._t0)
+            LATENCY.labels(method, route).observe(time.perf_counter() - g._t0)
         return resp

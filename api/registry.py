@@ -5,11 +5,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, g, jsonify
+from flask import Blueprint, g, jsonify, request
 
 from api.auth import require
 from api.common import Idempotent, append_and_respond, json_body, metadata, now, svc
-from domain.errors import ConcurrencyConflict, Conflict, NotFound, ValidationError
+from domain.errors import ConcurrencyConflict, Conflict, NotFound, PreconditionFailed, ValidationError
 from domain.events import AliasPromoted, ProjectSettingsChanged, alias_stream, project_stream
 from domain.projects import DEFAULT_ALIAS, ProjectSettings, check_promotion
 from eventlog.catalog import BASE_MODELS
@@ -62,17 +62,16 @@ def resolve(project: str, name: str) -> ResolvedModel:
 
 
 def _history(project: str, alias: str) -> list[dict[str, Any]]:
-    with svc().pool.connection() as c:
-        rows = c.execute("SELECT global_position, data, metadata, recorded_at FROM events WHERE stream_id = %s "
-                         "ORDER BY stream_version", (alias_stream(project, alias),)).fetchall()
+    # through the store: events are upcast on read, never read as raw jsonb
+    events = [e for e in svc().store.read_stream(alias_stream(project, alias)) if e.type == "AliasPromoted"]
     out = []
     if alias == DEFAULT_ALIAS:
         out.append({"model": DEFAULT_BASE, "previous": None, "reason": "default: the bundled base model",
                     "actor": "system", "at": None, "position": None})
-    for r in rows:
-        d = r["data"]
+    for e in events:
+        d = e.data
         out.append({"model": d["model"], "previous": d["previous"], "reason": d["reason"],
-                    "actor": r["metadata"].get("actor"), "at": d["at"], "position": r["global_position"]})
+                    "actor": e.metadata.get("actor"), "at": d["at"], "position": e.global_position})
     return out
 
 
@@ -140,20 +139,60 @@ def promote(alias: str):
     raise Conflict("the alias is being changed concurrently; try again", code="concurrency_conflict")
 
 
+def _settings_at(project: str) -> tuple[ProjectSettings, int]:
+    """The project's settings folded from its own stream, and that stream's version."""
+    events = svc().store.read_stream(project_stream(project))
+    current = ProjectSettings()
+    for e in events:
+        if e.type == "ProjectSettingsChanged":
+            current = ProjectSettings.from_dict(e.data["settings"])
+    return current, (events[-1].stream_version if events else 0)
+
+
+def _settings_response(project: str, settings: ProjectSettings, version: int, status: int = 200):
+    resp = jsonify({"object": "settings", "project": project, **settings.to_dict(), "version": version})
+    resp.status_code = status
+    resp.headers["ETag"] = f'"{version}"'
+    return resp
+
+
 @bp.get("/settings")
 def get_settings():
-    return jsonify({"object": "settings", "project": g.principal.project,
-                    **settings_for(g.principal.project).to_dict()})
+    current, version = _settings_at(g.principal.project)
+    return _settings_response(g.principal.project, current, version)
 
 
 @bp.put("/settings")
 @bp.patch("/settings")
 def put_settings():
+    """Change settings with an expected version: `If-Match: "<version>"` (from GET's ETag or `version`)
+    refuses with 412 if someone changed them since; without it, the change is applied to the latest
+    settings atomically (read, merge, append at that version, retried on a concurrent change)."""
     p = require("admin")
     patch = json_body()
-    idem = Idempotent(patch)
-    new = settings_for(p.project).updated(patch)
-    ev = ProjectSettingsChanged(project=p.project, settings=new.to_dict(), at=now())
-    body = {"object": "settings", "project": p.project, **new.to_dict()}
-    return append_and_respond(idem, 200, body, lambda cmd: svc().store.append(
-        project_stream(p.project), None, [NewEvent(ev.type, ev.to_data(), metadata(p.project))], command=cmd))
+    ProjectSettings().updated(patch)  # validate before anything else
+    if_match = request.headers.get("If-Match")
+    expected: int | None = None
+    if if_match is not None and if_match.strip() != "*":
+        raw = if_match.strip().removeprefix("W/").strip('"')
+        if not raw.isdigit():
+            raise ValidationError('If-Match must be the settings\' ETag, e.g. "3"', param="If-Match")
+        expected = int(raw)
+    idem = Idempotent({"patch": patch, "if_match": expected})
+    stream = project_stream(p.project)
+    for _ in range(10):
+        current, version = _settings_at(p.project)
+        if expected is not None and expected != version:
+            raise PreconditionFailed(f"the settings are at version {version}, not {expected}: someone changed "
+                                     "them; GET them again and retry", param="If-Match")
+        new = current.updated(patch)
+        ev = ProjectSettingsChanged(project=p.project, settings=new.to_dict(), at=now())
+        body = {"object": "settings", "project": p.project, **new.to_dict(), "version": version + 1}
+        try:
+            return append_and_respond(idem, 200, body, lambda cmd, v=version, ev=ev: svc().store.append(
+                stream, v, [NewEvent(ev.type, ev.to_data(), metadata(p.project))], command=cmd))
+        except ConcurrencyConflict:
+            if expected is not None:
+                raise PreconditionFailed("the settings changed while this request was applied; GET them again "
+                                         "and retry", param="If-Match") from None
+    raise Conflict("the settings are being changed concurrently; try again", code="concurrency_conflict")

@@ -38,6 +38,13 @@ class Conflict(DomainError):
     code = "conflict"
 
 
+class PreconditionFailed(DomainError):
+    """An If-Match (expected version) that is no longer current."""
+
+    status = 412
+    code = "precondition_failed"
+
+
 class PayloadTooLarge(DomainError):
     status = 413
     code = "file_too_large"

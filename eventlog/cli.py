@@ -1,4 +1,4 @@
-"""`tunelog`: operator commands (serve, migrate, keys, replay, events)."""
+"""`tunelog`: operator commands (serve, migrate, keys, replay, verify, events)."""
 from __future__ import annotations
 
 import argparse
@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     kc.add_argument("--role", choices=["admin", "trainer", "viewer"], default="trainer")
     kc.add_argument("--project", default="default")
     kc.add_argument("--name", default=None)
-    sub.add_parser("replay", help="drop and rebuild every read model from the log")
+    sub.add_parser("replay", help="rebuild every read model from the log aside, then swap it in (reads go on)")
+    sub.add_parser("verify", help="rebuild aside and print how the live read models differ (should be none)")
     ev = sub.add_parser("events", help="print the log as JSON lines")
     ev.add_argument("--after", type=int, default=0)
     ev.add_argument("--limit", type=int, default=100)
@@ -53,18 +54,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "keys":
         from api.auth import new_key
-        from eventlog.supervisor import register_key
+        from eventlog.keys import register_key
 
         key = new_key()
         kid = register_key(_db(), key, role=args.role, project=args.project, name=args.name or args.role)
         print(json.dumps({"id": kid, "key": key, "role": args.role, "project": args.project}))
         return 0
-    if args.cmd == "replay":
+    if args.cmd in ("replay", "verify"):
         from eventlog.db import pool
-        from eventlog.runner import replay
+        from eventlog.runner import replay, verify
 
-        print(json.dumps(replay(pool(_db()))))
-        return 0
+        result = (replay if args.cmd == "replay" else verify)(pool(_db()))
+        print(json.dumps(result, default=str))
+        return 1 if args.cmd == "verify" and result["differences"] else 0
     if args.cmd == "events":
         from eventlog.db import pool
         from eventlog.store import EventStore

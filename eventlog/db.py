@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import select
 import threading
 
 import psycopg
@@ -42,13 +43,25 @@ def pool(url: str, max_size: int = 10) -> ConnectionPool:
             p = ConnectionPool(
                 psycopg_url(url), min_size=1, max_size=max_size, open=True, timeout=5,
                 kwargs={"row_factory": dict_row, "autocommit": True}, configure=_configure_connection,
+                check=_check_idle, reconnect_timeout=24 * 3600,
             )
             _pools[key] = p
         return p
 
 
-# No per-checkout health check (it would cost a round trip per append): a broken connection raises
-# OperationalError, which callers translate (503 / retry), and the pool replaces it when returned.
+def _check_idle(conn: psycopg.Connection) -> None:
+    """Checked at every checkout without a round trip: an idle connection whose socket is readable has
+    been closed by the server (a restart, an idle timeout) or holds a notice; only then ask the server.
+    A dead connection raises here and the pool hands out another (so the first request after a Postgres
+    restart succeeds instead of failing on a stale connection)."""
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("connection closed")
+    fd = conn.pgconn.socket
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+    if poller.poll(0):
+        conn.execute("SELECT 1")
+
 
 
 def _configure_connection(conn: psycopg.Connection) -> None:

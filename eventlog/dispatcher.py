@@ -11,7 +11,9 @@ A Postgres advisory lock keeps one active dispatcher per database.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 
@@ -22,7 +24,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
 from domain.errors import ConcurrencyConflict
-from domain.events import job_stream
+from domain.events import document_stream, job_stream
 from domain.jobs import decide_lost_attempt, fold
 from eventlog.bootstrap import Services, bootstrap
 from eventlog.db import connect
@@ -34,6 +36,21 @@ INDEXING_TIMEOUT = 3600
 ADVISORY_KEY = 0x7475_6E65  # "tune"
 
 
+def _dead_local(worker: str) -> bool:
+    """True if `worker` (host:pid:nonce) ran on this host and its process is gone."""
+    host, _, rest = worker.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def rq_job_id(job_id: str, attempt: int) -> str:
     return f"{job_id}-a{attempt}"  # RQ ids allow letters, digits, - and _
 
@@ -43,6 +60,7 @@ class Dispatcher:
         self.svc = svc
         self.reconcile_seconds = reconcile_seconds
         self.position = 0
+        self.connected_since = time.monotonic()
         self._redis: redis.Redis | None = None
 
     @property
@@ -86,6 +104,8 @@ class Dispatcher:
                 self.enqueue(e.data["id"], 1, e.data["queue"])
             elif e.type == "DocumentAdded":
                 self.enqueue_indexing(e.data["id"])
+            elif e.type == "CancelRequested":  # a worker that died cannot honour it: end it now
+                self._safely(self.declare_lost, e.stream_id[4:])
             elif e.type == "JobAttemptLost" and e.data.get("requeued"):
                 state = self._state(e.stream_id[4:])
                 if state.status == "queued":
@@ -95,19 +115,64 @@ class Dispatcher:
         return fold([(e.type, e.data, e.stream_version) for e in self.svc.store.read_stream(job_stream(job_id))])
 
     def reconcile(self) -> None:
-        """The slow path: nothing the log says must run is left without an RQ job or a live lease."""
+        """The slow path: nothing the log says must run is left without an RQ job or a live lease.
+        Each item is handled on its own: one failure (a Redis hiccup, a bad row) never stops the rest."""
         with self.svc.pool.connection() as c:
             queued = c.execute("SELECT id, attempt, queue FROM jobs WHERE status = 'queued'").fetchall()
             expired = c.execute(
                 "SELECT j.id FROM jobs j LEFT JOIN leases l ON l.job_id = j.id "
-                "WHERE j.status = 'running' AND (l.job_id IS NULL OR l.expires_at < now())").fetchall()
+                "WHERE j.status = 'running' AND (l.job_id IS NULL OR l.expires_at < now() "
+                "  OR (j.cancel_requested AND l.worker LIKE %s))", (socket.gethostname() + ":%",)).fetchall()
             documents = c.execute("SELECT id FROM documents WHERE status = 'processing'").fetchall()
+        failures = 0
         for row in queued:
-            self.enqueue(row["id"], row["attempt"], row["queue"])
+            failures += not self._safely(self.enqueue, row["id"], row["attempt"], row["queue"])
         for row in documents:
-            self.enqueue_indexing(row["id"])
-        for row in expired:
-            self.declare_lost(row["id"])
+            failures += not self._safely(self.reconcile_document, row["id"])
+        # Leases are only judged once this dispatcher has been connected for a whole lease period: after
+        # an outage, workers need a heartbeat or two to renew leases that expired while nobody could write.
+        if time.monotonic() - self.connected_since >= self.svc.settings.lease_seconds:
+            for row in expired:
+                failures += not self._safely(self.declare_lost, row["id"])
+        if failures:
+            log.warning("reconcile: %s item(s) failed; retried next round", failures)
+
+    def _safely(self, fn, *args) -> bool:
+        try:
+            fn(*args)
+            return True
+        except (psycopg.OperationalError, redis.ConnectionError):
+            raise  # the dependency is gone: the run loop backs off and reconnects
+        except Exception:  # noqa: BLE001
+            log.exception("reconcile: %s%s failed", fn.__name__, args)
+            return False
+
+    def reconcile_document(self, document_id: str) -> None:
+        """Enqueue indexing again, unless it has been tried `max_attempts` times already (each try appends
+        DocumentIndexingStarted): then the document fails instead of crashing a work horse every 2 s."""
+        events = self.svc.store.read_stream(document_stream(document_id))
+        if any(e.type in ("DocumentIndexed", "DocumentFailed", "DocumentDeleted") for e in events):
+            return
+        tries = sum(1 for e in events if e.type == "DocumentIndexingStarted")
+        if tries >= self.svc.settings.max_attempts and not self._rq_alive(f"{document_id}-index"):
+            meta = {"actor": "dispatcher", "correlation_id": document_id}
+            try:
+                self.svc.store.append(document_stream(document_id), events[-1].stream_version, [NewEvent(
+                    "DocumentFailed", {"id": document_id, "error": {
+                        "code": "indexing_failed",
+                        "message": f"indexing was tried {tries} times and its worker died each time",
+                        "param": None}, "at": int(time.time())}, meta)])
+            except ConcurrencyConflict:
+                pass
+            return
+        self.enqueue_indexing(document_id)
+
+    def _rq_alive(self, rid: str) -> bool:
+        try:
+            status = Job.fetch(rid, connection=self.redis).get_status(refresh=True)
+        except NoSuchJobError:
+            return False
+        return status in ("queued", "started", "deferred", "scheduled")
 
     def declare_lost(self, job_id: str) -> None:
         state = self._state(job_id)
@@ -116,7 +181,7 @@ class Dispatcher:
         with self.svc.pool.connection() as c:
             lease = c.execute("SELECT attempt, worker, expires_at > now() AS alive FROM leases WHERE job_id = %s",
                               (job_id,)).fetchone()
-        if lease and lease["alive"]:
+        if lease and lease["alive"] and not (state.cancel_requested and _dead_local(lease["worker"])):
             return
         reason = "heartbeat lease expired" if lease else "no heartbeat lease"
         decided = decide_lost_attempt(state, self.svc.settings.max_attempts, reason, int(time.time()))
@@ -131,11 +196,14 @@ class Dispatcher:
         log.warning("job %s attempt %s lost (%s)", job_id, state.attempt, reason)
 
     def run(self, stop: threading.Event) -> None:
+        from eventlog.heartbeat import Heartbeat
         from eventlog.runner import catch_up
 
         listener = None
         holder = None
         last_reconcile = 0.0
+        backoff = 0.5
+        beat = Heartbeat(self.svc.pool, "dispatcher")
         while not stop.is_set():
             try:
                 if holder is None:
@@ -147,28 +215,41 @@ class Dispatcher:
                         stop.wait(2.0)
                         continue
                     self.position = self.svc.store.head()  # history is covered by reconcile()
+                    self.connected_since = time.monotonic()
                     log.info("dispatcher active from position %s", self.position)
                 if listener is None:
                     listener = connect(self.svc.settings.database_url)
                     listener.execute(f"LISTEN {CHANNEL}")
                 self.tail()
                 if time.monotonic() - last_reconcile >= self.reconcile_seconds:
-                    catch_up(self.svc.pool)  # reconcile reads the jobs read model: make it current
+                    try:  # reconcile reads the jobs read model: make it current (projections are isolated,
+                        catch_up(self.svc.pool)  # so a failing one never stops dispatching)
+                    except psycopg.OperationalError:
+                        raise
+                    except Exception:  # noqa: BLE001
+                        log.exception("catch-up before reconcile failed; reconciling on what is projected")
                     self.reconcile()
                     last_reconcile = time.monotonic()
+                beat.beat()
+                backoff = 0.5
                 for _ in listener.notifies(timeout=0.5, stop_after=1):
                     pass
-            except (psycopg.OperationalError, redis.RedisError) as e:
-                log.warning("dependency unavailable (%s); retrying", e)
+            except Exception as e:  # noqa: BLE001 - outages and bugs alike: back off, reconnect, go on
+                if isinstance(e, (psycopg.OperationalError, redis.RedisError)) or type(e).__name__ == "PoolTimeout":
+                    log.warning("dependency unavailable (%s); retrying in %.1fs", e, backoff)
+                else:
+                    log.exception("dispatcher round failed; retrying in %.1fs", backoff)
                 for conn in (listener, holder):
                     if conn is not None:
-                        conn.close()
+                        try:
+                            conn.close()
+                        except Exception:  # noqa: BLE001
+                            pass
                 listener = holder = None
                 self._redis = None
-                stop.wait(1.0)
-            except Exception:  # a bug must not stop dispatching for every other job
-                log.exception("dispatcher round failed; retrying")
-                stop.wait(1.0)
+                self.svc.pool.check()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
 
 
 def main() -> None:

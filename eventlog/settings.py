@@ -27,11 +27,12 @@ class Settings:
     api_key: str | None = None
     max_upload_bytes: int = 50 * 1024 * 1024
     min_examples: int = 10
-    lease_seconds: float = 30.0
+    lease_seconds: float = 10.0
     max_attempts: int = 3
     training_queue: str = "cpu"
     max_seq_len: int = 1024
     cpu_workers: int = 2
+    stall_seconds: float = 900.0
     model_dir: Path = field(default_factory=lambda: ROOT / ".data" / "models")
 
     @property
@@ -66,11 +67,12 @@ def load() -> Settings:
         api_key=os.environ.get("TUNELOG_API_KEY") or None,
         max_upload_bytes=_int("TUNELOG_MAX_UPLOAD_BYTES", 50 * 1024 * 1024),
         min_examples=_int("TUNELOG_MIN_EXAMPLES", 10),
-        lease_seconds=_float("TUNELOG_LEASE_SECONDS", 30.0),
+        lease_seconds=_float("TUNELOG_LEASE_SECONDS", 10.0),
         max_attempts=_int("TUNELOG_MAX_ATTEMPTS", 3),
         training_queue=default_training_queue(),
         max_seq_len=_int("TUNELOG_MAX_SEQ_LEN", 1024),
         cpu_workers=max(1, _int("TUNELOG_CPU_WORKERS", 2)),
+        stall_seconds=_float("TUNELOG_STALL_SECONDS", 900.0),
         model_dir=Path(os.environ.get("TUNELOG_MODEL_DIR") or data_dir / "models").resolve(),
     )
 

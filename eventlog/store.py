@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from domain.errors import ConcurrencyConflict, IdempotencyMismatch
 from domain.events import upcast
@@ -90,6 +91,17 @@ class EventStore:
     def __init__(self, pool: ConnectionPool):
         self.pool = pool
 
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection; an unreachable server becomes DatabaseUnavailable (callers back off)."""
+        try:
+            with self.pool.connection() as c:
+                yield c
+        except psycopg.OperationalError as e:
+            raise DatabaseUnavailable(str(e)) from e
+        except PoolTimeout as e:
+            raise DatabaseUnavailable(str(e)) from e
+
     # ---- writing -------------------------------------------------------------------------------
     def append(self, stream_id: str, expected_version: int | None, events: Sequence[NewEvent],
                command: Command | None = None, conn: psycopg.Connection | None = None) -> AppendResult:
@@ -109,34 +121,30 @@ class EventStore:
             if conn is not None:
                 row = conn.execute("SELECT tunelog_append(%s, %s, %s, %s) AS r", args).fetchone()
             else:
-                with self.pool.connection() as c:
+                with self._connection() as c:
                     row = c.execute("SELECT tunelog_append(%s, %s, %s, %s) AS r", args).fetchone()
         except psycopg.Error as e:
             raise _translate(e) from e
-        except Exception as e:  # pool timeouts when the server is gone
-            if type(e).__name__ == "PoolTimeout":
-                raise DatabaseUnavailable(str(e)) from e
-            raise
         r = row["r"] if isinstance(row, dict) else row[0]
         return AppendResult(positions=list(r.get("positions") or []), duplicate=bool(r["duplicate"]),
                             response=r.get("response"))
 
     def lookup_command(self, command_id: str) -> dict[str, Any] | None:
-        with self.pool.connection() as c:
+        with self._connection() as c:
             row = c.execute("SELECT request_hash, response FROM commands WHERE command_id = %s",
                             (command_id,)).fetchone()
         return row
 
     # ---- reading -------------------------------------------------------------------------------
     def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
-        with self.pool.connection() as c:
+        with self._connection() as c:
             rows = c.execute(
                 f"SELECT {_COLUMNS} FROM events WHERE stream_id = %s AND stream_version > %s "
                 "ORDER BY stream_version", (stream_id, after_version)).fetchall()
         return [_row(r) for r in rows]
 
     def stream_version(self, stream_id: str) -> int:
-        with self.pool.connection() as c:
+        with self._connection() as c:
             row = c.execute("SELECT coalesce(max(stream_version), 0) AS v FROM events WHERE stream_id = %s",
                             (stream_id,)).fetchone()
         return int(row["v"])
@@ -149,7 +157,7 @@ class EventStore:
         params = (after, limit)
         if conn is not None:
             return [_row(r) for r in conn.execute(sql, params).fetchall()]
-        with self.pool.connection() as c:
+        with self._connection() as c:
             return [_row(r) for r in c.execute(sql, params).fetchall()]
 
     def iter_all(self, after: int = 0, batch: int = 5000) -> Iterator[RecordedEvent]:
@@ -162,6 +170,6 @@ class EventStore:
             pos = chunk[-1].global_position
 
     def head(self) -> int:
-        with self.pool.connection() as c:
+        with self._connection() as c:
             row = c.execute("SELECT coalesce(max(global_position), 0) AS p FROM events").fetchone()
         return int(row["p"])

@@ -178,7 +178,7 @@ def bench_replay(server: str, total: int) -> None:
 
 def start_stack(server: str, redis_url: str, data: Path, db: str):
     """The service's processes (from the Procfile) on a fresh database, with an admin key."""
-    from eventlog.supervisor import register_key
+    from eventlog.keys import register_key
     from tests.helpers import Stack, free_port
 
     url = create_database(server, db)
@@ -190,7 +190,7 @@ def start_stack(server: str, redis_url: str, data: Path, db: str):
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     stack = Stack(env=env, data_dir=data, port=port)
     stack.admin_key = "tl-bench-" + uuid.uuid4().hex
-    register_key(url, stack.admin_key, role="admin", project="bench", name="bench")
+    register_key(url, stack.admin_key, role="operator", project="bench", name="bench")
     for name in ("web", "projector", "dispatcher", "worker-cpu"):
         stack.start(name)
     return stack, url

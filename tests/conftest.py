@@ -70,7 +70,7 @@ def settings(db_url, redis_server, tmp_path) -> Settings:
 @pytest.fixture(scope="session")
 def stack(pg_server, redis_server, tmp_root, base_model):
     """API, projector, dispatcher and one cpu worker, on their own database, from the Procfile."""
-    from eventlog.supervisor import register_key
+    from eventlog.keys import register_key
 
     db = create_database(pg_server, "e2e")
     data_dir = tmp_root / "stack"
@@ -86,7 +86,7 @@ def stack(pg_server, redis_server, tmp_root, base_model):
     }
     s = Stack(env=env, data_dir=data_dir, port=port)
     admin = "tl-test-admin-" + os.urandom(8).hex()
-    register_key(db, admin, role="admin", project="default", name="test admin")
+    register_key(db, admin, role="operator", project="default", name="test operator")
     s.admin_key = admin
     for name, instance in (("web", None), ("projector", None), ("dispatcher", None),
                            ("worker-cpu", "worker-cpu.1"), ("worker-cpu", "worker-cpu.2")):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import redis
 from rq import Queue, Worker
@@ -34,9 +35,28 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     names = argv[1:] or ["cpu"]
     s = settings.load()
-    conn = redis.Redis.from_url(s.redis_url)
+    _start_heartbeat(s, "worker-" + "-".join(names))
+    conn = redis.Redis.from_url(s.redis_url, health_check_interval=15, socket_connect_timeout=5)
     queues = [Queue(n, connection=conn) for n in names]
     TunelogWorker(queues, connection=conn).work(with_scheduler=False, logging_level="INFO")
+
+
+def _start_heartbeat(s, kind: str) -> None:
+    """A thread in the long-lived worker process (not in work horses: threads do not survive a fork)
+    reports it alive every few seconds, for /healthz, whatever it is doing."""
+    import threading
+
+    from eventlog.db import pool
+    from eventlog.heartbeat import Heartbeat
+
+    beat = Heartbeat(pool(s.database_url, max_size=1), kind)
+
+    def loop() -> None:
+        while True:
+            beat.beat(force=True)
+            time.sleep(beat.every)
+
+    threading.Thread(target=loop, daemon=True, name="heartbeat").start()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,15 @@ def index_document(document_id: str) -> str:
     version = events[-1].stream_version
     meta = {"actor": "worker:embed", "correlation_id": document_id,
             "causation_id": str(events[0].global_position)}
+    # Counted before the work: a document whose indexing kills its work horse is failed by the
+    # dispatcher after max_attempts tries instead of being re-enqueued forever.
+    tries = types.count("DocumentIndexingStarted") + 1
+    try:
+        svc.store.append(stream, version, [NewEvent("DocumentIndexingStarted", {"id": document_id, "attempt": tries,
+                                                                                "at": int(time.time())}, meta)])
+    except ConcurrencyConflict:
+        return "skipped: the document changed while it waited"
+    version += 1
     with svc.pool.connection() as c:
         row = c.execute("SELECT content FROM blobs WHERE sha256 = %s", (added["text_sha256"],)).fetchone()
     t0 = time.perf_counter()

@@ -10,6 +10,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 import selectors
 import signal
 import socket
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from domain.errors import ConcurrencyConflict
-from domain.events import job_stream, model_stream
+from domain.events import file_stream, job_stream, model_stream
 from domain.jobs import JobState, fold
 from eventlog.bootstrap import Services, bootstrap
 from eventlog.catalog import model_path
@@ -56,15 +57,22 @@ class Lease:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True, name="lease")
 
-    def acquire(self, start_heartbeat: bool = True) -> None:
+    def acquire(self, start_heartbeat: bool = True) -> bool:
+        """Take the lease unless another worker holds a live one for this attempt (or a later one): a
+        second worker handed the same job must neither start it nor overwrite the winner's lease."""
         with self.svc.pool.connection() as c:
-            c.execute(
+            row = c.execute(
                 "INSERT INTO leases (job_id, attempt, worker, expires_at) "
                 "VALUES (%s, %s, %s, now() + make_interval(secs => %s)) "
                 "ON CONFLICT (job_id) DO UPDATE SET attempt = EXCLUDED.attempt, worker = EXCLUDED.worker, "
-                "expires_at = EXCLUDED.expires_at", (self.job_id, self.attempt, self.worker, self.ttl))
+                "expires_at = EXCLUDED.expires_at "
+                "WHERE leases.attempt < EXCLUDED.attempt OR leases.expires_at < now() RETURNING worker",
+                (self.job_id, self.attempt, self.worker, self.ttl)).fetchone()
+        if row is None:
+            return False
         if start_heartbeat:
             self.start_heartbeat()
+        return True
 
     def start_heartbeat(self) -> None:
         self._thread.start()
@@ -94,9 +102,12 @@ class Lease:
 def _write_file(svc: Services, file_id: str | None, dest: Path) -> str | None:
     if not file_id:
         return None
-    with svc.pool.connection() as c:
-        row = c.execute("SELECT b.content FROM events e JOIN blobs b ON b.sha256 = e.data->>'sha256' "
-                        "WHERE e.stream_id = %s AND e.type = 'FileUploaded'", (f"file-{file_id}",)).fetchone()
+    # through the store (upcast on read), never raw jsonb: an old event shape must still be readable
+    uploaded = next((e for e in svc.store.read_stream(file_stream(file_id)) if e.type == "FileUploaded"), None)
+    row = None
+    if uploaded is not None:
+        with svc.pool.connection() as c:
+            row = c.execute("SELECT content FROM blobs WHERE sha256 = %s", (uploaded.data["sha256"],)).fetchone()
     if row is None:
         raise RuntimeError(f"file {file_id} has no stored content")
     dest.write_bytes(bytes(row["content"]))
@@ -143,7 +154,8 @@ def claim(svc: Services, job_id: str, attempt: int) -> Claim | str:
             pass
         return "cancelled"
     lease = Lease(svc, job_id, attempt, worker)
-    lease.acquire(start_heartbeat=False)
+    if not lease.acquire(start_heartbeat=False):
+        return "skipped: another worker holds this attempt's lease"
     try:
         store.append(stream, state.version, [NewEvent("JobStarted", {"attempt": attempt, "worker": worker,
                                                                      "started_at": _now()}, meta)])
@@ -174,7 +186,7 @@ def run_training(job_id: str, attempt: int) -> str:
     except Exception as e:  # a bug or a lost dependency: fail the job with the reason, do not leave it running
         log.exception("job %s failed unexpectedly", job_id)
         try:
-            progress.flush(extra=[NewEvent("JobFailed", {"error": _error(
+            progress.finish(extra=[NewEvent("JobFailed", {"error": _error(
                 "internal_error", f"the worker failed: {type(e).__name__}: {e}"), "at": _now()}, progress.metadata)])
         except Exception:  # the lease will expire and the dispatcher takes over
             log.exception("could not record the failure of %s", job_id)
@@ -195,7 +207,7 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
         train = _write_file(svc, state.training_file, work / "train.jsonl")
         valid = _write_file(svc, state.validation_file, work / "valid.jsonl")
     except Exception as e:  # noqa: BLE001 - reported to the user as the job's error
-        progress.flush(extra=[NewEvent("JobFailed", {"error": _error("setup_failed", str(e)), "at": _now()},
+        progress.finish(extra=[NewEvent("JobFailed", {"error": _error("setup_failed", str(e)), "at": _now()},
                                        progress.metadata)])
         return "failed"
     hp = state.hyperparameters
@@ -221,6 +233,7 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
     done: dict[str, Any] | None = None
     last_poll = time.monotonic()
     last_metrics: dict[str, Any] = {}
+    last_output = time.monotonic()
     eof = False
     try:
         while True:
@@ -233,6 +246,7 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
                     sel.unregister(child.stdout)
                 buf += chunk
             while b"\n" in buf:
+                last_output = time.monotonic()
                 line, buf = buf.split(b"\n", 1)
                 try:
                     rec = json.loads(line)
@@ -245,7 +259,9 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
                 elif kind == "checkpoint":
                     step = rec["step"]
                     progress.add("CheckpointSaved", {
-                        "id": f"ftckpt-{job_id[6:]}-{step}", "job_id": job_id, "project": state.project,
+                        # the attempt is part of the id: a retried attempt saves the same steps again
+                        "id": f"ftckpt-{job_id[6:]}-a{attempt}-{step}", "attempt": attempt, "job_id": job_id,
+                        "project": state.project,
                         "step": step, "path": rec["path"],
                         "fine_tuned_model_checkpoint": f"{_model_id(state)}:ckpt-step-{step}",
                         "metrics": rec["metrics"], "at": _now()}, urgent=True)
@@ -259,9 +275,16 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
                 progress.poll()
                 if lease.lost.is_set():
                     raise Fenced("lease lost")
+                if time.monotonic() - last_output > s.stall_seconds:
+                    # a hung recipe must not keep a heartbeat (and the job) alive for a day
+                    _stop_child(child)
+                    progress.finish(extra=[NewEvent("JobFailed", {"error": _error(
+                        "training_stalled", f"the training process reported nothing for {int(s.stall_seconds)} s "
+                        "and was stopped"), "at": _now()}, progress.metadata)])
+                    return "failed"
             if progress.cancel_requested:
                 _stop_child(child)
-                progress.flush(extra=[NewEvent("JobCancelled", {"reason": "cancelled by request", "at": _now()},
+                progress.finish(extra=[NewEvent("JobCancelled", {"reason": "cancelled by request", "at": _now()},
                                                progress.metadata)])
                 return "cancelled"
             if eof and child.poll() is not None:
@@ -274,10 +297,11 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
         sel.close()
     rc = child.wait()
     if rc != 0 or done is None:
-        tail = (work / "stderr.log").read_text(errors="replace")[-1500:]
-        progress.flush(extra=[NewEvent("JobFailed", {"error": _error(
-            "training_failed", f"the training process exited with status {rc}: {tail.strip()[-800:]}"),
-            "at": _now()}, progress.metadata)])
+        log.error("job %s attempt %s: training exited with %s; stderr in %s", job_id, attempt, rc, work / "stderr.log")
+        progress.finish(extra=[NewEvent("JobFailed", {"error": _error(
+            "training_failed", f"the training process exited with status {rc}"
+            + (f": {reason}" if (reason := _failure_reason(work / 'stderr.log')) else "")), "at": _now()},
+            progress.metadata)])
         return "failed"
     model_id = _model_id(state)
     lineage = {
@@ -287,7 +311,7 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
         "attempt": attempt, "final_metrics": last_metrics,
     }
     now = _now()
-    progress.flush(
+    progress.finish(
         extra=[NewEvent("JobSucceeded", {"fine_tuned_model": model_id, "trained_tokens": done["trained_tokens"],
                                          "artifact_path": artifact_rel, "at": now, "metrics": last_metrics},
                         progress.metadata)],
@@ -297,6 +321,23 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
             progress.metadata)])],
     )
     return model_id
+
+
+_PATH = re.compile(r"(?:/[\w.@+-]+){2,}/?")
+
+
+def _failure_reason(stderr_path: Path) -> str:
+    """The last exception line of the training log, with server paths taken out: job errors are read by
+    every key of the project, so no stack trace, file system layout or environment reaches them."""
+    try:
+        lines = stderr_path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines[-200:]):
+        m = re.match(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)): ?(.*)$", line.strip())
+        if m:
+            return _PATH.sub("<path>", f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}")[:300]
+    return ""
 
 
 def _model_id(state) -> str:

@@ -2,12 +2,16 @@
 eval and checkpoint), fenced by the stream's expected version, and watching for cancel requests."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from domain.errors import ConcurrencyConflict
 from domain.events import job_stream
-from eventlog.store import EventStore, NewEvent
+from eventlog.db import DatabaseUnavailable
+from eventlog.store import Append, EventStore, NewEvent
+
+log = logging.getLogger("tunelog.worker")
 
 
 class Fenced(Exception):
@@ -27,11 +31,26 @@ class ProgressLog:
         self.pending: list[NewEvent] = []
         self.last_flush = 0.0
         self.cancel_requested = False
+        self.unavailable_until = 0.0  # after a failed append, wait before trying again (backoff)
+        self.backoff = 0.5
 
     def add(self, type_: str, data: dict[str, Any], urgent: bool = False) -> None:
+        """Queue an event; append the queue now if it is urgent or a second has passed. While Postgres is
+        unreachable the events wait here (training goes on) and go out with the next append that works."""
         self.pending.append(NewEvent(type_, data, self.metadata))
+        if time.monotonic() < self.unavailable_until:
+            return
         if urgent or time.monotonic() - self.last_flush >= self.min_interval:
-            self.flush()
+            try:
+                self.flush()
+            except DatabaseUnavailable as e:
+                self._unavailable(e)
+
+    def _unavailable(self, e: Exception) -> None:
+        log.warning("%s: the event log is unreachable (%s); keeping %s event(s), retrying in %.1fs", self.stream, e,
+                    len(self.pending), self.backoff)
+        self.unavailable_until = time.monotonic() + self.backoff
+        self.backoff = min(self.backoff * 2, 10.0)
 
     def _absorb_foreign(self) -> None:
         """Someone else appended to our stream: a cancel request is fine; anything else fences us."""
@@ -43,15 +62,36 @@ class ProgressLog:
             self.version = e.stream_version
 
     def poll(self) -> None:
-        """Check the stream for a cancel request (cheap; called between steps)."""
-        if self.store.stream_version(self.stream) != self.version:
-            self._absorb_foreign()
+        """Check the stream for a cancel request (cheap; called between steps). Also retries held events."""
+        if time.monotonic() < self.unavailable_until:
+            return
+        try:
+            if self.store.stream_version(self.stream) != self.version:
+                self._absorb_foreign()
+            if self.pending:
+                self.flush()
+        except DatabaseUnavailable as e:
+            self._unavailable(e)
+
+    def finish(self, extra: list[NewEvent], others: list | None = None, patience: float = 600.0) -> None:
+        """The terminal append: retried through an outage of up to `patience` seconds (the job's outcome
+        must not be lost to a database restart), still fenced by the stream's version."""
+        deadline = time.monotonic() + patience
+        delay = 0.5
+        while True:
+            try:
+                return self.flush(extra=extra, others=others)
+            except DatabaseUnavailable as e:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("%s: terminal append failed (%s); retrying in %.1fs", self.stream, e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     def flush(self, extra: list[NewEvent] | None = None, others: list | None = None) -> None:
         events = self.pending + (extra or [])
         if not events and not others:
             return
-        from eventlog.store import Append
 
         for _ in range(20):
             try:
@@ -60,6 +100,7 @@ class ProgressLog:
                 self.version += len(events)
                 self.pending = []
                 self.last_flush = time.monotonic()
+                self.unavailable_until, self.backoff = 0.0, 0.5
                 return
             except ConcurrencyConflict as e:
                 if e.stream_id != self.stream:

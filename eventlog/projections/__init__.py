@@ -10,8 +10,10 @@ from eventlog.projections.files import FilesProjection
 from eventlog.projections.jobs import JobsProjection
 from eventlog.projections.keys import KeysProjection
 from eventlog.projections.models import ModelsProjection
+from eventlog.projections.streams import StreamProjectsProjection
 
 
 def all_projections() -> list:
     return [FilesProjection(), JobsProjection(), CheckpointsProjection(), KeysProjection(), ModelsProjection(),
-            DocumentsProjection(), AliasesProjection(), SettingsProjection(), ChatProjection()]
+            DocumentsProjection(), AliasesProjection(), SettingsProjection(), ChatProjection(),
+            StreamProjectsProjection()]

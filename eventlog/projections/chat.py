@@ -21,7 +21,7 @@ class ChatProjection:
                 conn.execute(
                     "INSERT INTO chat_answers (id, project, model, alias, chunk_ids, latency_ms, prompt_tokens, "
                     "completion_tokens, messages, answer, created_at, seq) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
                     (d["id"], d["project"], d["model"], d.get("alias"), Jsonb(d["chunk_ids"]), d["latency_ms"],
                      d["prompt_tokens"], d["completion_tokens"],
                      Jsonb(d["messages"]) if d.get("messages") is not None else None, d.get("answer"),
@@ -29,7 +29,8 @@ class ChatProjection:
             elif e.type == "FeedbackGiven":
                 conn.execute(
                     "INSERT INTO chat_feedback (id, chat_id, project, rating, comment, corrected_answer, messages, "
-                    "approved, actor, created_at, seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    "approved, actor, created_at, seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (id) DO NOTHING",
                     (d["id"], d["chat_id"], d["project"], d["rating"], d.get("comment"), d.get("corrected_answer"),
                      Jsonb(d["messages"]) if d.get("messages") is not None else None, d["approved"], d["actor"],
                      d["at"], e.global_position))

@@ -22,4 +22,6 @@ class CheckpointsProjection:
             with conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO job_checkpoints (id, job_id, project, step, metrics, fine_tuned_model_checkpoint, "
-                    "path, created_at, seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+                    "path, created_at, seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                    # a retried attempt may repeat an id from before the attempt-safe ids: keep the first
+                    "ON CONFLICT (id) DO NOTHING", rows)

@@ -32,7 +32,8 @@ class DocumentsProjection:
             if e.type == "DocumentAdded":
                 conn.execute(
                     "INSERT INTO documents (id, project, title, filename, media_type, bytes, sha256, text_sha256, "
-                    "status, created_at, seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'processing', %s, %s)",
+                    "status, created_at, seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'processing', %s, %s) "
+                    "ON CONFLICT (id) DO NOTHING",
                     (d["id"], d["project"], d["title"], d.get("filename"), d["media_type"], d["bytes"], d["sha256"],
                      d["text_sha256"], d["created_at"], e.global_position))
             elif e.type == "ChunksEmbedded":
@@ -45,7 +46,7 @@ class DocumentsProjection:
                 with conn.cursor() as cur:
                     cur.executemany(
                         "INSERT INTO chunks (id, document_id, project, idx, text, char_start, char_end, embedding) "
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
                         [(f"{d['id']}:{c['idx']}", d["id"], row["project"], c["idx"], c["text"], c["start"], c["end"],
                           decode_vector(c["vector"])) for c in d["chunks"]])
             elif e.type == "DocumentIndexed":

@@ -18,7 +18,7 @@ class FilesProjection:
                 d = e.data
                 conn.execute(
                     "INSERT INTO files (id, project, filename, purpose, bytes, sha256, created_at, stats) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
                     (d["id"], d["project"], d["filename"], d["purpose"], d["bytes"], d["sha256"], d["created_at"],
                      Jsonb(d.get("stats") or {})))
             elif e.type == "FileDeleted":

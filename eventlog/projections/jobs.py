@@ -37,6 +37,9 @@ class JobsProjection:
             if not e.stream_id.startswith("job-"):
                 continue
             job_id = e.stream_id[4:]
+            known = versions.get(job_id) or (states[job_id].version if job_id in states else 0)
+            if e.stream_version <= known:  # applied already: a handler must be idempotent
+                continue
             if e.type in VERSION_ONLY:  # progress events: most of the log, and they only move the version
                 versions[job_id] = e.stream_version
                 continue

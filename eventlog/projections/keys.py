@@ -17,7 +17,9 @@ class KeysProjection:
                 d = e.data
                 conn.execute(
                     "INSERT INTO api_keys (id, key_hash, name, role, project, created_at) "
-                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                     (d["id"], d["key_hash"], d["name"], d["role"], d["project"], d["created_at"]))
+            elif e.type == "KeyRoleChanged":
+                conn.execute("UPDATE api_keys SET role = %s WHERE id = %s", (e.data["role"], e.data["id"]))
             elif e.type == "KeyRevoked":
                 conn.execute("UPDATE api_keys SET revoked = true WHERE id = %s", (e.data["id"],))

@@ -20,6 +20,6 @@ class ModelsProjection:
                 d = e.data
                 conn.execute(
                     "INSERT INTO models (id, project, base_model, backend, job_id, artifact_path, created_at, "
-                    "lineage, seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    "lineage, seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
                     (d["id"], d["project"], d["base_model"], d["backend"], d.get("job_id"), d.get("artifact_path"),
                      d["created_at"], Jsonb(d["lineage"]), e.global_position))
