@@ -60,7 +60,7 @@ class Dispatcher:
         self.svc = svc
         self.reconcile_seconds = reconcile_seconds
         self.position = 0
-        self.connected_since = time.monotonic()
+        self.connected_since = float("-inf")  # run() sets it on every (re)connect: leases get a grace period
         self._redis: redis.Redis | None = None
 
     @property

@@ -3,7 +3,7 @@ transaction, each projection isolated from the others.
 
 - One batch of events is read once per round; each projection applies it inside a SAVEPOINT of its own,
   so one projection's failure rolls back only its own work.
-- A handler that fails on an event is retried on the next rounds (`MAX_ATTEMPTS` in all, recorded in
+- A handler that fails on an event is retried (`MAX_ATTEMPTS` in all, each failure recorded in
   `projection_failures`); then the event is parked (dead letter: `parked = true`, counted in /metrics,
   listed for operators at /api/admin/dead-letters) and that projection moves on. Events before the
   poison one are applied; the other projections never wait on it.
@@ -66,8 +66,8 @@ def _apply_one_projection(conn: psycopg.Connection, p, events: list[RecordedEven
     """Apply `events` to projection `p` inside savepoints. Returns the position it reached (None: none).
 
     Fast path: the whole batch in one savepoint. If that fails, the events go one by one to find the
-    poison one: those before it are applied, it is counted (or parked, then skipped), and the projection
-    stops there for this round unless it was parked."""
+    poison one: those before it are applied, it is retried up to MAX_ATTEMPTS times (each failure
+    recorded), then parked and skipped; the projection goes on with the events after it."""
     try:
         with conn.transaction():
             p.apply(conn, events)
@@ -78,16 +78,18 @@ def _apply_one_projection(conn: psycopg.Connection, p, events: list[RecordedEven
         pass
     reached = None
     for e in events:
-        try:
-            with conn.transaction():
-                p.apply(conn, [e])
-        except psycopg.OperationalError:
-            raise
-        except Exception as error:  # noqa: BLE001 - a handler bug or a bad event: count, then park
-            with conn.transaction():
-                parked = _park_or_count(conn, p.name, e, error)
-            if not parked:
-                return reached
+        for _attempt in range(MAX_ATTEMPTS):
+            try:
+                with conn.transaction():
+                    p.apply(conn, [e])
+                break
+            except psycopg.OperationalError:
+                raise
+            except Exception as error:  # noqa: BLE001 - a handler bug or a bad event: count, then park
+                with conn.transaction():
+                    parked = _park_or_count(conn, p.name, e, error)
+                if parked:
+                    break
         reached = e.global_position
     return reached
 

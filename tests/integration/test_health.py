@@ -9,9 +9,25 @@ def client(settings: Settings):
     return create_app({"settings": settings}).test_client()
 
 
-def test_healthy_when_postgres_and_redis_answer(settings):
+def test_healthy_when_postgres_and_redis_answer_and_each_missing_part_is_named(settings):
     r = client(settings).get("/healthz")
-    assert r.status_code == 200 and r.json == {"status": "ok", "postgres": "ok", "redis": "ok"}
+    assert r.status_code == 200 and r.json["postgres"] == "ok" and r.json["redis"] == "ok"
+    # nothing else runs in this test: every part is reported down, the API itself still answers 200
+    assert r.json["status"] == "degraded"
+    assert {k: v["status"] for k, v in r.json["parts"].items()} == {
+        "projector": "down", "dispatcher": "down", "worker-cpu": "down"}
+
+
+def test_every_part_with_a_fresh_heartbeat_is_ok(settings):
+    from eventlog.db import pool
+    from eventlog.heartbeat import Heartbeat
+
+    p = pool(settings.database_url)
+    for kind in ("projector", "dispatcher", "worker-cpu"):
+        Heartbeat(p, kind).beat()
+    r = client(settings).get("/healthz")
+    assert r.status_code == 200 and r.json["status"] == "ok", r.json
+    assert r.json["parts"]["projector"] == {"status": "ok", "lag_events": 0, "parked_events": 0}
 
 
 def test_503_naming_redis_when_redis_is_unreachable(settings):
@@ -25,5 +41,7 @@ def test_503_when_postgres_is_unreachable(settings, tmp_path):
     c = client(gone)
     r = c.get("/healthz")
     assert r.status_code == 503 and r.json["postgres"].startswith("unreachable")
+    assert r.headers["Retry-After"].isdigit()
     r = c.get("/v1/models", headers={"Authorization": "Bearer tl-anything"})
     assert r.status_code == 503 and r.json["error"]["code"] == "database_unavailable"
+    assert int(r.headers["Retry-After"]) > 0
