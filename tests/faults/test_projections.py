@@ -59,7 +59,8 @@ def test_a_poison_event_is_retried_then_parked_and_every_other_projection_and_la
     store.append("job-ftjob-p", None, [bad])
     store.append("job-ftjob-q", 0, [created("ftjob-q"), checkpoint("ftjob-q", 1)])
     catch_up(store.pool)
-    failure = rows(store, "SELECT attempts, parked, error, type FROM projection_failures WHERE name = 'job_checkpoints'")
+    failure = rows(store, "SELECT attempts, parked, error, type FROM projection_failures "
+                          "WHERE name = 'job_checkpoints'")
     assert failure[0]["attempts"] == MAX_ATTEMPTS and failure[0]["parked"]
     # the jobs projection is never held back by the checkpoints projection's trouble
     assert {r["id"] for r in rows(store, "SELECT id FROM jobs")} == {"ftjob-p", "ftjob-q"}
