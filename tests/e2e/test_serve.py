@@ -1,9 +1,12 @@
 """scripts/serve as a new user runs it: embedded servers, a generated admin key, a clean stop, and a
 second start that keeps its data. Two instances run side by side from one checkout."""
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -42,8 +45,17 @@ def stop(proc) -> float:
     return time.monotonic() - t0
 
 
-def test_serve_starts_embedded_everything_stops_cleanly_and_restarts_on_its_data(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
+@pytest.fixture
+def root():
+    """Under /tmp itself, not pytest's tmp_path: its 0700 pytest-of-<user> folder, which another pytest
+    session may close again, would stop the embedded Postgres (its own user when we are root)."""
+    d = Path(tempfile.mkdtemp(prefix="tunelog-serve-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_serve_starts_embedded_everything_stops_cleanly_and_restarts_on_its_data(root):
+    a, b = root / "a", root / "b"
     a.mkdir()
     b.mkdir()
     pa, pb = free_port(), free_port()
@@ -64,6 +76,8 @@ def test_serve_starts_embedded_everything_stops_cleanly_and_restarts_on_its_data
     assert took < 15
     left = subprocess.run(["pgrep", "-f", str(a)], capture_output=True, text=True).stdout.split()
     assert left == [], "every process of the instance stopped, embedded servers included"
+    printed = (root / f"serve-{pa}.log").read_text()
+    assert key not in printed and f"kept in {a / 'admin_key'}" in printed  # where the key is, never the key
 
     sa = start(a, pa)
     try:
