@@ -23,6 +23,7 @@ import psutil
 from honcho.environ import ProcessParams, expand_processes, parse_procfile
 
 from eventlog.embedded import EmbeddedPostgres, EmbeddedRedis, read_secret, write_secret
+from eventlog.keys import register_key
 from eventlog.settings import ROOT
 
 STOP_GRACE = 8.0  # seconds between SIGTERM and SIGKILL at shutdown (the embedded servers stop after)
@@ -72,29 +73,10 @@ def ensure_admin_key(env: dict[str, str], data_dir: Path) -> tuple[Path | None, 
         if not keyfile.exists():
             generated = write_secret(keyfile, "tl-" + secrets.token_urlsafe(32) + "\n")
         key = read_secret(keyfile)
-    register_key(env["DATABASE_URL"], key, role="admin", project=env.get("TUNELOG_PROJECT", "default"),
-                 name="bootstrap admin")
+    # the instance operator's key: the one key that crosses projects (DESIGN §3)
+    register_key(env["DATABASE_URL"], key, role="operator", project=env.get("TUNELOG_PROJECT", "default"),
+                 name="instance operator")
     return keyfile, generated
-
-
-def register_key(database_url: str, key: str, role: str, project: str, name: str) -> str:
-    """Append KeyCreated for this key unless its hash is known (idempotent by command id)."""
-    from api.auth import hash_key, key_id_for
-    from domain.events import KeyCreated, key_stream
-    from eventlog.db import pool
-    from eventlog.runner import catch_up
-    from eventlog.store import Command, EventStore, NewEvent
-
-    h = hash_key(key)
-    p = pool(database_url, max_size=2)
-    store = EventStore(p)
-    kid = key_id_for(h)
-    if store.stream_version(key_stream(kid)) == 0:
-        ev = KeyCreated(id=kid, key_hash=h, name=name, role=role, project=project, created_at=int(time.time()))
-        store.append(key_stream(kid), 0, [NewEvent(ev.type, ev.to_data(), {"actor": "cli"})],
-                     command=Command(f"bootstrap:{kid}", h, {"status": 201, "body": {"id": kid}}))
-    catch_up(p)
-    return kid
 
 
 @dataclass
