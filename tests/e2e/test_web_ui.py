@@ -74,10 +74,11 @@ def test_a_running_jobs_chart_updates_live(page, stack):
         login(page, stack, k, "#jobs")
         page.wait_for_selector(f"tr[data-job='{job['id']}']")
         page.click(f"tr[data-job='{job['id']}']")
-        page.wait_for_function("document.querySelector('#job-status').textContent === 'running'")
-        page.wait_for_function("Number(document.querySelector('#loss-chart').dataset.points || 0) >= 1")
+        # functions, not expression strings: Playwright eval()s those in the page, which its CSP forbids
+        page.wait_for_function("() => document.querySelector('#job-status').textContent === 'running'")
+        page.wait_for_function("() => Number(document.querySelector('#loss-chart').dataset.points || 0) >= 1")
         first = int(page.get_attribute("#loss-chart", "data-points"))
-        page.wait_for_function(f"Number(document.querySelector('#loss-chart').dataset.points) >= {first + 2}")
+        page.wait_for_function(f"() => Number(document.querySelector('#loss-chart').dataset.points) >= {first + 2}")
         assert page.locator("#loss-chart polyline.train").count() == 1
         assert "Step" in page.inner_text("#job-events")
     finally:

@@ -1,8 +1,48 @@
 // tunelog web UI: plain JavaScript, no build step and nothing fetched from a CDN.
+// Every string from the server (titles, reasons, model ids, answers, errors...) is untrusted: it is only
+// ever put into the page as text (textContent, text nodes, new Option), never parsed as HTML. The page
+// runs under a strict Content-Security-Policy (no inline scripts, styles or event handlers).
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
 const state = { key: localStorage.getItem("tunelog-key") || "", jobStream: null };
+const SVG_NS = "http://www.w3.org/2000/svg";
+const ID_RE = /^[A-Za-z0-9_.:-]{1,200}$/;
+
+// Attributes an element may get from el()/svg(): event handlers go through addEventListener, and a link
+// may only point inside this page (#...), so no untrusted value can become script or a navigation.
+function setAttrs(node, attrs) {
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value == null || value === false) continue;
+    if (name === "class") node.setAttribute("class", String(value));
+    else if (name === "dataset") Object.assign(node.dataset, value);
+    else if (name.startsWith("on")) {
+      if (typeof value !== "function") throw new Error("event handlers must be functions");
+      node.addEventListener(name.slice(2), value);
+    } else if (name === "href" || name === "src" || name === "action" || name === "formaction") {
+      const v = String(value);
+      if (!v.startsWith("#")) throw new Error(`refusing ${name}=${v}`);
+      node.setAttribute(name, v);
+    } else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  return node;
+}
+
+// el("td", {class: "x"}, "text", otherNode): children are nodes or strings (strings become text nodes).
+function el(tag, attrs, ...children) {
+  const node = setAttrs(document.createElement(tag), attrs);
+  node.append(...children.flat().filter((c) => c != null && c !== false).map((c) => (c instanceof Node ? c : String(c))));
+  return node;
+}
+
+function svg(tag, attrs, ...children) {
+  const node = setAttrs(document.createElementNS(SVG_NS, tag), attrs);
+  node.append(...children.filter((c) => c != null).map((c) => (c instanceof Node ? c : String(c))));
+  return node;
+}
+
+const fmtTime = (t) => (t ? new Date(t * 1000).toLocaleString() : "");
+const fmtNum = (v, digits) => (typeof v === "number" && isFinite(v) ? v.toFixed(digits) : "");
 
 function showError(msg) { $("#error").textContent = msg || ""; }
 
@@ -15,7 +55,7 @@ async function api(path, opts = {}) {
   const res = await fetch(path, Object.assign({}, opts, { headers }));
   if (!res.ok) {
     let msg = res.status + " " + res.statusText;
-    try { msg = (await res.json()).error.message; } catch (e) { /* not JSON */ }
+    try { msg = String((await res.json()).error.message); } catch (e) { /* not JSON */ }
     throw new Error(msg);
   }
   return res;
@@ -52,7 +92,8 @@ function showPage() {
   if (state.jobStream && page !== "jobs") { state.jobStream.abort(); state.jobStream = null; }
   if (!state.key) { showError("Enter an API key (scripts/serve printed the admin key; it is in .data/admin_key)."); return; }
   showError("");
-  ({ chat: loadChat, jobs: loadJobs, models: loadModels, documents: loadDocuments })[page]?.().catch((e) => showError(e.message));
+  const load = { chat: loadChat, jobs: loadJobs, models: loadModels, documents: loadDocuments }[page];
+  if (load) load().catch((e) => showError(e.message));
 }
 
 // ---- chat ---------------------------------------------------------------------------------------------
@@ -61,10 +102,15 @@ async function loadChat() {
     api("/api/aliases").then((r) => r.json()), api("/v1/models").then((r) => r.json())]);
   const sel = $("#chat-model");
   const current = sel.value;
-  sel.innerHTML = "";
+  sel.replaceChildren();
   for (const a of aliases.data) sel.add(new Option(`${a.alias} → ${a.model}`, a.alias));
   for (const m of models.data) if (m.kind !== "alias") sel.add(new Option(m.id, m.id));
   if (current) sel.value = current;
+}
+
+function describeSources(sources) {
+  return "Sources: " + sources.map((s, i) =>
+    `[${i + 1}] ${s.title} (chunk ${s.chunk}, score ${fmtNum(s.score, 2)})`).join("  ");
 }
 
 async function sendChat(ev) {
@@ -73,16 +119,10 @@ async function sendChat(ev) {
   const question = input.value.trim();
   if (!question) return;
   input.value = "";
-  const log = $("#chat-log");
-  const user = document.createElement("div");
-  user.className = "msg user";
-  user.textContent = "You: " + question;
-  const answer = document.createElement("div");
-  answer.className = "msg assistant";
-  answer.innerHTML = '<span class="text"></span>';
-  const sources = document.createElement("div");
-  sources.className = "sources";
-  log.append(user, answer, sources);
+  const text = el("span", { class: "text" });
+  const answer = el("div", { class: "msg assistant" }, text);
+  const sources = el("div", { class: "sources" });
+  $("#chat-log").append(el("div", { class: "msg user" }, "You: " + question), answer, sources);
   $("#chat-send").disabled = true;
   try {
     const res = await api("/v1/chat/completions", { method: "POST", json: {
@@ -91,12 +131,9 @@ async function sendChat(ev) {
     await readSSE(res, (event, data) => {
       if (data === "[DONE]") { answer.dataset.done = "true"; return; }
       const chunk = JSON.parse(data);
-      if (chunk.sources && chunk.sources.length) {
-        sources.textContent = "Sources: " + chunk.sources.map((s, i) =>
-          `[${i + 1}] ${s.title} (chunk ${s.chunk}, score ${s.score.toFixed(2)})`).join("  ");
-      }
+      if (Array.isArray(chunk.sources) && chunk.sources.length) sources.textContent = describeSources(chunk.sources);
       const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
-      if (delta && delta.content) answer.querySelector(".text").textContent += delta.content;
+      if (delta && delta.content) text.append(String(delta.content));
     });
   } catch (e) { showError(e.message); }
   $("#chat-send").disabled = false;
@@ -105,41 +142,53 @@ async function sendChat(ev) {
 // ---- jobs ---------------------------------------------------------------------------------------------
 async function loadJobs() {
   const jobs = (await (await api("/v1/fine_tuning/jobs?limit=50")).json()).data;
-  const body = $("#jobs-table tbody");
-  body.innerHTML = "";
-  for (const j of jobs) {
-    const tr = document.createElement("tr");
-    tr.className = "clickable";
-    tr.dataset.job = j.id;
-    tr.innerHTML = `<td>${j.id}</td><td>${j.model}</td><td class="status-${j.status}">${j.status}</td>` +
-      `<td>${j.fine_tuned_model || ""}</td><td>${new Date(j.created_at * 1000).toLocaleString()}</td>`;
-    tr.onclick = () => { location.hash = "#jobs/" + j.id; };
-    body.append(tr);
-  }
-  const id = location.hash.split("/")[1];
+  $("#jobs-table tbody").replaceChildren(...jobs.map((j) => el("tr", {
+    class: "clickable", dataset: { job: j.id }, onclick: () => { location.hash = "#jobs/" + encodeURIComponent(j.id); },
+  }, el("td", {}, j.id), el("td", {}, j.model), el("td", { class: "status-" + j.status }, j.status),
+  el("td", {}, j.fine_tuned_model || ""), el("td", {}, fmtTime(j.created_at)))));
+  const id = jobIdFromHash();
   if (id) openJob(id);
 }
 
+function jobIdFromHash() {
+  const raw = location.hash.split("/")[1];
+  if (!raw) return null;
+  let id;
+  try { id = decodeURIComponent(raw); } catch (e) { return null; }
+  return ID_RE.test(id) ? id : null;
+}
+
 function drawChart(points) {
-  const svg = $("#loss-chart");
+  const chart = $("#loss-chart");
   const W = 600, H = 240, P = 30;
-  const all = points.flatMap((p) => [p.train, p.valid].filter((v) => v != null));
-  if (!all.length) { svg.innerHTML = ""; return; }
+  const all = points.flatMap((p) => [p.train, p.valid].filter((v) => typeof v === "number" && isFinite(v)));
+  chart.dataset.points = String(points.length);
+  if (!all.length) { chart.replaceChildren(); return; }
   const maxStep = Math.max(...points.map((p) => p.step), 1);
   const lo = Math.min(...all), hi = Math.max(...all);
   const x = (s) => P + (W - 2 * P) * (maxStep === 1 ? 0.5 : (s - 1) / (maxStep - 1));
   const y = (v) => H - P - (H - 2 * P) * (hi === lo ? 0.5 : (v - lo) / (hi - lo));
   const line = (key, color) => {
-    const pts = points.filter((p) => p[key] != null).map((p) => `${x(p.step).toFixed(1)},${y(p[key]).toFixed(1)}`);
-    const dots = pts.map((xy) => `<circle cx="${xy.split(",")[0]}" cy="${xy.split(",")[1]}" r="2.5" fill="${color}"/>`).join("");
-    return `<polyline class="${key}" fill="none" stroke="${color}" stroke-width="2" points="${pts.join(" ")}"/>` + dots;
+    const pts = points.filter((p) => typeof p[key] === "number" && isFinite(p[key])).map((p) => [x(p.step), y(p[key])]);
+    return [svg("polyline", { class: key, fill: "none", stroke: color, "stroke-width": 2,
+      points: pts.map(([px, py]) => `${px.toFixed(1)},${py.toFixed(1)}`).join(" ") }),
+    ...pts.map(([px, py]) => svg("circle", { cx: px.toFixed(1), cy: py.toFixed(1), r: 2.5, fill: color }))];
   };
-  svg.innerHTML = `<line x1="${P}" y1="${H - P}" x2="${W - P}" y2="${H - P}" stroke="#99a"/>` +
-    `<line x1="${P}" y1="${P}" x2="${P}" y2="${H - P}" stroke="#99a"/>` +
-    `<text x="${P}" y="${P - 8}" font-size="11">${hi.toFixed(3)}</text>` +
-    `<text x="${P}" y="${H - 8}" font-size="11">${lo.toFixed(3)} · step ${maxStep}</text>` +
-    line("train", "#2f6fde") + line("valid", "#d9822b");
-  svg.dataset.points = String(points.length);
+  chart.replaceChildren(
+    svg("line", { x1: P, y1: H - P, x2: W - P, y2: H - P, stroke: "#99a" }),
+    svg("line", { x1: P, y1: P, x2: P, y2: H - P, stroke: "#99a" }),
+    svg("text", { x: P, y: P - 8, "font-size": 11 }, hi.toFixed(3)),
+    svg("text", { x: P, y: H - 8, "font-size": 11 }, `${lo.toFixed(3)} · step ${maxStep}`),
+    ...line("train", "#2f6fde"), ...line("valid", "#d9822b"));
+}
+
+function showJobInfo(j) {
+  const rows = [["model", j.model], ["fine-tuned model", j.fine_tuned_model], ["suffix", j.user_provided_suffix],
+    ["created", fmtTime(j.created_at)], ["finished", fmtTime(j.finished_at)]];
+  for (const [k, v] of Object.entries(j.metadata || {})) rows.push(["metadata " + k, v]);
+  if (j.error && j.error.message) rows.push(["error", `${j.error.code || "error"}: ${j.error.message}`]);
+  $("#job-info").replaceChildren(...rows.filter(([, v]) => v != null && v !== "").flatMap(([k, v]) => [
+    el("dt", {}, k), el("dd", k === "error" ? { id: "job-error" } : {}, v)]));
 }
 
 async function openJob(id) {
@@ -148,23 +197,30 @@ async function openJob(id) {
   state.jobStream = ctrl;
   $("#job-detail").hidden = false;
   $("#job-title").textContent = id;
-  $("#job-events").innerHTML = "";
+  $("#job-info").replaceChildren();
+  $("#job-events").replaceChildren();
+  $("#job-step").textContent = "0";
+  $("#job-loss").textContent = "–";
   const points = [];
   drawChart(points);
+  const path = encodeURIComponent(id);
+  const refreshInfo = () => api(`/v1/fine_tuning/jobs/${path}`, { signal: ctrl.signal }).then((r) => r.json())
+    .then((j) => { if (state.jobStream === ctrl) showJobInfo(j); })
+    .catch((e) => { if (e.name !== "AbortError") showError(e.message); });
+  refreshInfo();
   try {
-    const res = await api(`/api/jobs/${id}/stream`, { signal: ctrl.signal });
+    const res = await api(`/api/jobs/${path}/stream`, { signal: ctrl.signal });
     await readSSE(res, (event, data) => {
       const e = JSON.parse(data);
       $("#job-status").textContent = e.status;
       $("#job-status").className = "status-" + e.status;
+      if (event === "end") { refreshInfo(); return; }
       if (event !== "job") return;
-      const li = document.createElement("li");
-      li.textContent = e.message;
-      $("#job-events").prepend(li);
-      if (e.type === "metrics") {
+      $("#job-events").prepend(el("li", {}, e.message));
+      if (e.type === "metrics" && e.data) {
         points.push({ step: e.data.step, train: e.data.train_loss, valid: e.data.valid_loss });
-        $("#job-step").textContent = e.data.step;
-        $("#job-loss").textContent = e.data.train_loss.toFixed(4);
+        $("#job-step").textContent = String(e.data.step);
+        $("#job-loss").textContent = fmtNum(e.data.train_loss, 4) || "–";
         drawChart(points);
       }
     }, ctrl.signal);
@@ -175,18 +231,19 @@ async function openJob(id) {
 async function loadModels() {
   const [models, aliases] = await Promise.all([
     api("/v1/models").then((r) => r.json()), api("/api/aliases").then((r) => r.json())]);
-  $("#aliases").innerHTML = aliases.data.map((a) => `<li><b>${a.alias}</b> → ${a.model}</li>`).join("");
-  const body = $("#models-table tbody");
-  body.innerHTML = "";
+  $("#aliases").replaceChildren(...aliases.data.map((a) => el("li", {}, el("b", {}, a.alias), " → " + a.model)));
   const sel = $("#promote-model");
-  sel.innerHTML = "";
+  const current = sel.value;
+  sel.replaceChildren();
+  const rows = [];
   for (const m of models.data.filter((x) => x.kind !== "alias")) {
     const loss = m.lineage && m.lineage.final_metrics ? m.lineage.final_metrics.valid_loss : null;
-    const tr = document.createElement("tr");
-    tr.innerHTML = `<td>${m.id}</td><td>${m.kind}</td><td>${m.root || ""}</td><td>${loss == null ? "" : loss.toFixed(4)}</td><td></td>`;
-    body.append(tr);
+    rows.push(el("tr", {}, el("td", {}, m.id), el("td", {}, m.kind), el("td", {}, m.root || ""),
+      el("td", {}, fmtNum(loss, 4)), el("td", {})));
     sel.add(new Option(m.id, m.id));
   }
+  $("#models-table tbody").replaceChildren(...rows);
+  if (current) sel.value = current;
   await loadHistory($("#promote-alias").value || "tutor");
 }
 
@@ -194,9 +251,9 @@ async function loadHistory(alias) {
   $("#history-alias").textContent = alias;
   try {
     const h = await (await api(`/api/aliases/${encodeURIComponent(alias)}/history`)).json();
-    $("#alias-history").innerHTML = h.data.map((e) =>
-      `<li>${e.model} — ${e.reason} <small>(${e.actor}${e.at ? ", " + new Date(e.at * 1000).toLocaleString() : ""})</small></li>`).join("");
-  } catch (e) { $("#alias-history").innerHTML = ""; }
+    $("#alias-history").replaceChildren(...h.data.map((e) => el("li", {}, `${e.model} — ${e.reason} `,
+      el("small", {}, `(${e.actor}${e.at ? ", " + fmtTime(e.at) : ""})`))));
+  } catch (e) { $("#alias-history").replaceChildren(); }
 }
 
 async function promote(ev) {
@@ -214,10 +271,14 @@ async function promote(ev) {
 // ---- documents ----------------------------------------------------------------------------------------
 async function loadDocuments() {
   const docs = (await (await api("/api/documents")).json()).data;
-  $("#docs-table tbody").innerHTML = docs.map((d) =>
-    `<tr><td>${d.title}</td><td>${d.status}</td><td>${d.n_chunks}</td><td><button data-del="${d.id}">delete</button></td></tr>`).join("");
-  document.querySelectorAll("[data-del]").forEach((b) => { b.onclick = async () => {
-    await api("/api/documents/" + b.dataset.del, { method: "DELETE" }); loadDocuments(); }; });
+  $("#docs-table tbody").replaceChildren(...docs.map((d) => el("tr", { dataset: { doc: d.id } },
+    el("td", {}, d.title), el("td", {}, d.status), el("td", {}, d.n_chunks),
+    el("td", {}, el("button", { type: "button", dataset: { del: d.id }, onclick: () => deleteDocument(d.id) }, "delete")))));
+}
+
+async function deleteDocument(id) {
+  try { await api("/api/documents/" + encodeURIComponent(id), { method: "DELETE" }); await loadDocuments(); }
+  catch (e) { showError(e.message); }
 }
 
 async function addDocument(ev) {
@@ -232,16 +293,16 @@ async function addDocument(ev) {
 
 // ---- wiring -------------------------------------------------------------------------------------------
 $("#api-key").value = state.key;
-$("#key-form").onsubmit = (ev) => {
+$("#key-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   state.key = $("#api-key").value.trim();
   localStorage.setItem("tunelog-key", state.key);
   showPage();
-};
-$("#chat-form").onsubmit = sendChat;
-$("#promote-form").onsubmit = promote;
-$("#promote-alias").onchange = () => loadHistory($("#promote-alias").value);
-$("#doc-form").onsubmit = addDocument;
+});
+$("#chat-form").addEventListener("submit", sendChat);
+$("#promote-form").addEventListener("submit", promote);
+$("#promote-alias").addEventListener("change", () => loadHistory($("#promote-alias").value.trim()));
+$("#doc-form").addEventListener("submit", addDocument);
 window.addEventListener("hashchange", showPage);
 setInterval(() => { if ((location.hash || "").startsWith("#jobs") && !location.hash.includes("/") && state.key) loadJobs().catch(() => {}); }, 3000);
 showPage();
