@@ -468,14 +468,133 @@ def bench_chat(server: str, redis_url: str, tmp: Path, samples: int) -> None:
           "ChatAnswered append)", flush=True)
 
 
+
+# ---- the API under load ---------------------------------------------------------------------------------------
+def _wrk(url: str, key: str | None, seconds: int, connections: int = 16) -> dict:
+    """wrk (installed with apt when missing) on one URL: requests/s and latency percentiles in ms."""
+    import re
+    import subprocess
+
+    if not shutil.which("wrk"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, capture_output=True)
+    if not shutil.which("wrk"):
+        raise SystemExit("bench api needs wrk (apt-get install wrk)")
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if key:
+        cmd += ["-H", f"Authorization: Bearer {key}"]
+    out = subprocess.run(cmd + [url], check=True, capture_output=True, text=True).stdout
+
+    def ms(v: str) -> float:
+        n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
+        return float(n) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    pct = {m.group(1): ms(m.group(2)) for m in re.finditer(r"^\s+(50|90|99)%\s+(\S+)", out, re.M)}
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50": pct["50"],
+            "p99": pct["99"], "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": errors.group(1) if errors else None}
+
+
+def bench_api(server: str, redis_url: str, tmp: Path, seconds: int) -> None:
+    """GET /v1/fine_tuning/jobs/{id} through the real stack (auth, Postgres read model, JSON, metrics,
+    limits) vs a bare Flask route returning a job-sized JSON on the same gunicorn settings; /healthz too;
+    then the same while 16 chats stream from the same API process."""
+    import subprocess
+    import threading
+
+    import requests
+
+    from api.__main__ import gunicorn_args
+    from tests.helpers import free_port
+
+    data = tmp / "api-stack"
+    stack, url = start_stack(server, redis_url, data, "bench_api")
+    try:
+        stack.wait_healthy()
+        k = stack.admin_key
+        fid = stack.http("POST", "/v1/files", k, files={"file": ("t.jsonl", (ROOT / "tests/data/tiny_train.jsonl")
+                                                                 .read_bytes())}, data={"purpose": "fine-tune"}).json()["id"]
+        job = stack.http("POST", "/v1/fine_tuning/jobs", k, json={"model": "smollm2-135m-instruct",
+                                                                  "training_file": fid}).json()
+        stack.http("POST", f"/v1/fine_tuning/jobs/{job['id']}/cancel", k)
+        stack.wait_job(k, job["id"], {"cancelled", "succeeded", "failed"}, timeout=60)
+        port = free_port()
+        bare = subprocess.Popen([sys.executable, "-m", *gunicorn_args("scripts.bench_bare_app:create_app()",
+                                                                      "127.0.0.1", str(port))],
+                                cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=stack.env)
+        try:
+            for _ in range(100):
+                try:
+                    if requests.get(f"http://127.0.0.1:{port}/v1/fine_tuning/jobs/x", timeout=1).ok:
+                        break
+                except requests.RequestException:
+                    time.sleep(0.1)
+            job_url = f"{stack.base_url}/v1/fine_tuning/jobs/{job['id']}"
+            _wrk(job_url, k, 3)  # warm-up
+            base = _wrk(f"http://127.0.0.1:{port}/v1/fine_tuning/jobs/{job['id']}", None, seconds)
+            ours = _wrk(job_url, k, seconds)
+            health = _wrk(stack.base_url + "/healthz", None, seconds)
+        finally:
+            bare.terminate()
+            bare.wait(10)
+        report("GET /v1/fine_tuning/jobs/{id}, 16 conns", ours["rps"], base["rps"], "req/s", "bare Flask route, same gunicorn",
+               ">= 0.5x")
+        report("  p99 of the same", ours["p99"], base["p99"], "ms", "bare Flask route p99", "<= 15 ms",
+               higher_is_better=False)
+        report("GET /healthz, 16 conns", health["rps"], base["rps"], "req/s", "bare Flask route, same gunicorn", "-")
+        report("  p99 of the same", health["p99"], base["p99"], "ms", "bare Flask route p99", "<= 15 ms",
+               higher_is_better=False)
+        print(f"  non-2xx: job {ours['non2xx']}, healthz {health['non2xx']}; socket errors: {ours['socket_errors']}")
+        # the same while 16 chats stream (viewer keys: at most 2 chats at once per key)
+        stop = threading.Event()
+        chat_status: dict[int, int] = {}
+
+        def chatter(key: str) -> None:
+            while not stop.is_set():
+                try:
+                    with requests.post(stack.base_url + "/v1/chat/completions", stream=True, timeout=120,
+                                       headers={"Authorization": f"Bearer {key}"},
+                                       json={"model": "tutor", "stream": True, "max_tokens": 200,
+                                             "messages": [{"role": "user", "content": "Explain fractions."}]}) as r:
+                        chat_status[r.status_code] = chat_status.get(r.status_code, 0) + 1
+                        for _ in r.iter_lines():
+                            if stop.is_set():
+                                break
+                        if r.status_code != 200:
+                            time.sleep(float(r.headers.get("Retry-After", "1")))
+                except requests.RequestException:
+                    pass
+
+        viewers = [stack.new_key("viewer", "bench")["key"] for _ in range(8)]
+        threads = [threading.Thread(target=chatter, args=(viewers[i // 2],), daemon=True) for i in range(16)]
+        for t in threads:
+            t.start()
+        time.sleep(5)
+        busy = _wrk(job_url, k, seconds)
+        busy_health = _wrk(stack.base_url + "/healthz", None, seconds)
+        stop.set()
+        for t in threads:
+            t.join(130)
+        report("  the same while 16 chats stream", busy["rps"], base["rps"], "req/s", "bare Flask route (idle)",
+               ">= 0.5x")
+        report("  p99 while 16 chats stream", busy["p99"], base["p99"], "ms", "bare Flask route p99 (idle)",
+               "<= 15 ms", higher_is_better=False)
+        report("  /healthz p99 while 16 chats stream", busy_health["p99"], base["p99"], "ms",
+               "bare Flask route p99 (idle)", "<= 15 ms", higher_is_better=False)
+        print(f"  chat responses during the run: {chat_status}")
+    finally:
+        stack.stop_all()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     ap.add_argument("--only", nargs="*", default=None,
-                    help="appends batched replay latency retrieval ingest chat")
+                    help="appends batched replay latency retrieval ingest chat api")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
-    only = set(args.only or ["appends", "batched", "replay", "latency", "retrieval", "ingest", "chat"])
+    only = set(args.only or ["appends", "batched", "replay", "latency", "retrieval", "ingest", "chat", "api"])
     tmp = Path(tempfile.mkdtemp(prefix="tunelog-bench-"))
     pg = EmbeddedPostgres(tmp / "pg", dbname="postgres")
     rs = EmbeddedRedis(tmp / "redis")
@@ -497,6 +616,8 @@ def main() -> None:
             bench_ingest(server, redis_url, tmp, 40 if args.quick else 200)
         if "chat" in only:
             bench_chat(server, redis_url, tmp, 3 if args.quick else 10)
+        if "api" in only:
+            bench_api(server, redis_url, tmp, 5 if args.quick else 15)
     finally:
         rs.stop()
         pg.stop()

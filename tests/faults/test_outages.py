@@ -52,44 +52,50 @@ def assert_ended_once(stack, job_id) -> list[str]:
 
 def test_training_workers_sigkilled_at_random_points_never_leave_a_job_running_or_ended_twice(fault_stack):
     """SIGKILL the whole worker (RQ worker, work horse, training process) at a random moment of a job's
-    life, restart it (as the supervisor would), and check every job ends exactly once. Two jobs run at a
-    time, one per worker; TUNELOG_FAULT_TRIALS (default 20) kills in all."""
+    life (claim, model load, a step, the checkpoint, the final append), restart it as the supervisor
+    would, and check every job ends exactly once. Two jobs run at a time, one per worker.
+    TUNELOG_FAULT_TRIALS kills per run (8 in CI; the soak run in docs/reliability.md used more), with a
+    new random seed each run (printed, TUNELOG_FAULT_SEED to repeat one)."""
     s = fault_stack
-    trials = int(os.environ.get("TUNELOG_FAULT_TRIALS", "20"))
+    trials = int(os.environ.get("TUNELOG_FAULT_TRIALS", "8"))
+    seed = int(os.environ.get("TUNELOG_FAULT_SEED") or random.SystemRandom().randrange(10**6))
+    print(f"SIGKILL trials: {trials}, seed {seed}")
+    rnd = random.Random(seed)
     key = s.new_key("trainer")["key"]
     fid = upload(s, key)
-    rnd = random.Random(int(os.environ.get("TUNELOG_FAULT_SEED", "20261129")))
     jobs: list[str] = []
-    kills = 0
-    while kills < trials:
-        batch = [create_job(s, key, fid, n_epochs=2, batch_size=4) for _ in range(2)]
+    kills: list[tuple[str, float]] = []
+    while len(kills) < trials:
+        batch = [create_job(s, key, fid) for _ in range(2)]
         jobs += batch
         for job_id in batch:
-            if kills >= trials:
+            if len(kills) >= trials:
                 break
-            # somewhere between "just claimed" and "late in training" (a tiny job runs ~10-25 s here)
-            wait_for(lambda j=job_id: s.sql("SELECT 1 FROM leases WHERE job_id = %s", (j,)), 120,
+            wait_for(lambda j=job_id: s.sql("SELECT 1 FROM leases WHERE job_id = %s", (j,)), 180,
                      what=f"{job_id} claimed")
-            time.sleep(rnd.uniform(0.0, 8.0))
+            delay = rnd.uniform(0.0, 10.0)  # a 1-step job lives ~5-15 s here: claim, load, step, save, end
+            time.sleep(delay)
             rows = s.sql("SELECT worker FROM leases WHERE job_id = %s", (job_id,))
             if not rows:
-                continue  # it ended before the kill: a trial of "killed after the end" is not one
+                continue  # it ended before the kill: not a trial
             try:
                 victim = s.worker_of_job(job_id)
             except AssertionError:
                 continue
             s.kill_tree(victim)
-            kills += 1
+            kills.append((job_id, round(delay, 2)))
             s.start("worker-cpu", victim)
             assert requests.get(s.base_url + "/healthz", timeout=5).status_code == 200
+    print(f"killed at: {kills}")
     for job_id in jobs:
-        job = s.wait_job(key, job_id, {"succeeded", "failed", "cancelled"}, timeout=600)
+        job = s.wait_job(key, job_id, {"succeeded", "failed", "cancelled"}, timeout=300)
         assert job["status"] in ("succeeded", "failed"), job
         if job["status"] == "failed":
             assert job["error"]["code"] == "worker_lost", job
         assert_ended_once(s, job_id)
     assert not s.sql("SELECT id FROM jobs WHERE status IN ('running', 'queued')")
     assert not s.sql("SELECT * FROM projection_failures")
+    assert requests.get(s.base_url + "/healthz", timeout=5).status_code == 200
     # the log and the read models agree
     from eventlog.db import pool
     from eventlog.runner import verify
@@ -180,7 +186,7 @@ def test_postgres_stopped_for_20_seconds_under_load_loses_nothing_and_the_first_
     key = s.new_key("trainer")["key"]
     fid = upload(s, key)
     stopped = s.stop_cpu_workers() if point == "queued" else []
-    job_id = create_job(s, key, fid, n_epochs=6, batch_size=4)
+    job_id = create_job(s, key, fid, n_epochs=3, batch_size=4)
     if point == "running":
         wait_for(lambda: s.http("GET", f"/v1/fine_tuning/jobs/{job_id}/events?type=metrics", key).json()["data"],
                  180, what="training metrics")
