@@ -33,6 +33,7 @@ from workers.progress import Fenced, ProgressLog
 
 log = logging.getLogger("tunelog.worker")
 BASE_LR = 2e-4  # LoRA learning rate at learning_rate_multiplier = 1
+RECIPE_MODULE = "workers.hf.recipe"  # run as `python -m RECIPE_MODULE config.json` (JSON lines on stdout)
 
 
 def _now() -> int:
@@ -222,7 +223,7 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
     }
     (work / "config.json").write_text(json.dumps(config, indent=2))
     stderr = open(work / "stderr.log", "wb")
-    child = subprocess.Popen([sys.executable, "-m", "workers.hf.recipe", str(work / "config.json")],
+    child = subprocess.Popen([sys.executable, "-m", RECIPE_MODULE, str(work / "config.json")],
                              stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
                              preexec_fn=_die_with_parent, cwd=str(Path(__file__).resolve().parent.parent))
     progress.add("JobMessage", {"level": "info", "message": f"Training started on the {state.queue} queue "
