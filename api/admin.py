@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, g, jsonify, request
 
-from api.auth import OPERATOR, ROLES, hash_key, key_id_for, new_key, require, require_operator
+from api.auth import KEYS, OPERATOR, ROLES, hash_key, key_id_for, new_key, require, require_operator
 from api.common import Idempotent, append_and_respond, fresh, json_body, metadata, now, owned, page_limit, svc
 from domain.errors import Forbidden, NotFound, ValidationError
 from domain.events import KeyCreated, KeyRevoked, key_stream, upcast
@@ -84,8 +84,11 @@ def revoke_key(key_id: str):
         return jsonify(body)
     idem = Idempotent({"revoke": key_id})
     ev = KeyRevoked(id=key_id, revoked_at=now())
-    return append_and_respond(idem, 200, body, lambda cmd: svc().store.append(
+    KEYS.forget(key_id)  # before and after the append: no request in between may use a cached entry
+    resp = append_and_respond(idem, 200, body, lambda cmd: svc().store.append(
         key_stream(key_id), None, [NewEvent(ev.type, ev.to_data(), metadata(key_id))], command=cmd))
+    KEYS.forget(key_id)
+    return resp
 
 
 @bp.get("/events")

@@ -35,13 +35,13 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     names = argv[1:] or ["cpu"]
     s = settings.load()
+    _start_heartbeat(s, "worker-" + "-".join(names))
     if "cpu" in names:
         # imported (not run) before the work horses fork, so each indexing job skips seconds of imports;
         # nothing runs torch here, so no thread pool exists yet to be inherited by a fork
         import sentence_transformers  # noqa: F401
 
         import workers.embed  # noqa: F401
-    _start_heartbeat(s, "worker-" + "-".join(names))
     conn = redis.Redis.from_url(s.redis_url, health_check_interval=15, socket_connect_timeout=5)
     queues = [Queue(n, connection=conn) for n in names]
     TunelogWorker(queues, connection=conn).work(with_scheduler=False, logging_level="INFO")
