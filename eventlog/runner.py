@@ -31,6 +31,7 @@ from eventlog.store import CHANNEL, EventStore, RecordedEvent
 
 log = logging.getLogger("tunelog.projector")
 MAX_ATTEMPTS = 3
+BATCH_BYTES = 32 * 1024 * 1024  # a batch is at most this much stored event data (and at most `batch` events)
 # Bookkeeping tables rebuilt (and swapped) together with the read models.
 BOOKKEEPING = ("projection_checkpoints", "projection_failures")
 
@@ -106,7 +107,7 @@ def _apply_batch(conn: psycopg.Connection, store: EventStore, projections: list,
     low = min(positions.values()) if positions else 0
     if until is not None and low >= until:
         return 0
-    events = store.read_all(low, batch, conn=conn, with_metadata=False)
+    events = store.read_all(low, batch, conn=conn, with_metadata=False, max_bytes=BATCH_BYTES)
     if until is not None:
         events = [e for e in events if e.global_position <= until]
     if not events:
@@ -143,7 +144,7 @@ def catch_up(pool: ConnectionPool, batch: int = 2000, projections: list | None =
             with conn.transaction():
                 n = _apply_batch(conn, store, projections, batch)
             total += n
-            if n < batch:
+            if n == 0:
                 return total
 
 

@@ -150,11 +150,21 @@ class EventStore:
         return int(row["v"])
 
     def read_all(self, after: int = 0, limit: int = 1000, conn: psycopg.Connection | None = None,
-                 with_metadata: bool = True) -> list[RecordedEvent]:
-        """Events after a position, in order. Projections skip metadata (it is never projected)."""
+                 with_metadata: bool = True, max_bytes: int | None = None) -> list[RecordedEvent]:
+        """Events after a position, in order. Projections skip metadata (it is never projected).
+        `max_bytes` bounds a batch by the stored size of its data too (at least one event is returned):
+        a run of large events (embedded chunks) must not make a reader hold a gigabyte at once."""
         columns = _COLUMNS if with_metadata else _COLUMNS.replace("metadata", "'{}'::jsonb AS metadata")
-        sql = f"SELECT {columns} FROM events WHERE global_position > %s ORDER BY global_position LIMIT %s"
-        params = (after, limit)
+        if max_bytes is None:
+            sql = f"SELECT {columns} FROM events WHERE global_position > %s ORDER BY global_position LIMIT %s"
+            params: tuple = (after, limit)
+        else:
+            sql = (f"WITH sized AS (SELECT global_position, sum(pg_column_size(data)) OVER (ORDER BY global_position) "
+                   f"AS upto FROM events WHERE global_position > %s ORDER BY global_position LIMIT %s) "
+                   f"SELECT {columns} FROM events WHERE global_position > %s AND global_position <= "
+                   f"coalesce((SELECT max(global_position) FROM sized WHERE upto <= %s), "
+                   f"(SELECT min(global_position) FROM sized)) ORDER BY global_position")
+            params = (after, limit, after, max_bytes)
         if conn is not None:
             return [_row(r) for r in conn.execute(sql, params).fetchall()]
         with self._connection() as c:

@@ -201,3 +201,25 @@ def test_replay_under_concurrent_reads_and_writes_answers_every_read_within_two_
     assert result["differences"] == {}
     catch_up(store.pool)
     assert verify(store.pool)["differences"] == {}
+
+
+def test_a_batch_of_large_events_is_bounded_by_bytes_and_still_applied_in_full(store, monkeypatch):
+    import eventlog.runner as runner
+
+    for j in range(6):  # ~100 kB stored per message (random hex compresses about twofold)
+        store.append(f"job-ftjob-b{j}", 0, [created(f"ftjob-b{j}")] + [
+            NewEvent("JobMessage", {"blob": os.urandom(100_000).hex()}) for _ in range(5)])
+    sizes = []
+    real = store.read_all
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        sizes.append(len(out))
+        return out
+
+    monkeypatch.setattr(runner, "BATCH_BYTES", 1_000_000)
+    monkeypatch.setattr(EventStore, "read_all", lambda self, *a, **k: spy(*a, **k))
+    catch_up(store.pool)
+    assert max(sizes) < 36 and sum(sizes) == 36  # several bounded batches, every event read once
+    head = store.head()
+    assert all(r["position"] == head for r in rows(store, "SELECT position FROM projection_checkpoints"))
