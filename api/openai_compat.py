@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
 import re
+import unicodedata
 import uuid
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, g, jsonify, request, send_file
 
 from api.auth import require
 from api.common import Idempotent, append_and_respond, json_body, metadata, now, owned, page_limit, svc
@@ -18,12 +20,47 @@ from domain.datasets import check_chat_jsonl
 from domain.errors import ConcurrencyConflict, Conflict, NotFound, PayloadTooLarge, ValidationError
 from domain.events import FileDeleted, FileUploaded, JobCreated, file_stream, job_stream
 from domain.jobs import JobState, evolve, fold
-from eventlog.catalog import BASE_MODELS
+from eventlog.catalog import BASE_MODELS, ModelPathError, hf_model_folder
 from eventlog.store import NewEvent
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 
 SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_ID_LENGTH = 200  # ids are short; a longer one names nothing, and is not sent to Postgres
+
+
+def storable(text: str) -> bool:
+    """Whether Postgres can keep this string (text and jsonb refuse NUL, and lone surrogates are no UTF-8)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def valid_id(row_id: str) -> bool:
+    """An id that may exist: ids with NUL, undecodable characters or of any length are answered 404
+    without a query (Postgres would refuse them, and that must not become a 500)."""
+    return len(row_id) <= MAX_ID_LENGTH and storable(row_id)
+
+
+def query_arg(name: str, max_length: int = 1000) -> str | None:
+    """A query-string argument, or a 400 if Postgres could not compare it (NUL...) or it is oversized."""
+    value = request.args.get(name)
+    if value is not None and (len(value) > max_length or not storable(value)):
+        raise ValidationError(f"{name} must be text of at most {max_length} characters, without NUL", param=name)
+    return value
+
+
+def clean_filename(name: str | None, default: str) -> str:
+    """The last path component of a client's filename, without control characters, at most 255
+    characters; `default` if nothing is left (it is shown in lists and sent back in Content-Disposition)."""
+    name = Path((name or "").replace("\\", "/")).name
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")  # controls, surrogates...
+    name = name.strip()[:255]
+    return default if name in ("", ".", "..") else name
 
 
 # ---- files --------------------------------------------------------------------------------------------
@@ -36,6 +73,8 @@ def file_object(row: dict[str, Any]) -> dict[str, Any]:
 def _get_file(file_id: str, param: str | None = None) -> dict[str, Any]:
     """The file, or 404; named by a job's `param` (training_file...), a 400 as OpenAI answers."""
     try:
+        if not valid_id(file_id):
+            raise NotFound(f"no such file: {file_id!r}", param="file_id")
         return owned("files", file_id, "file", "file_id")
     except NotFound:
         if param:
@@ -61,7 +100,7 @@ def upload_file():
         raise PayloadTooLarge(f"the file is {len(content)} bytes, over the upload limit of {s.max_upload_bytes}",
                               param="file")
     sha = hashlib.sha256(content).hexdigest()
-    filename = Path(upload.filename or "upload.jsonl").name
+    filename = clean_filename(upload.filename, "upload.jsonl")
     idem = Idempotent({"purpose": purpose, "filename": filename, "sha256": sha})
     from api.tokens import counter
 
@@ -83,16 +122,17 @@ def upload_file():
 @bp.get("/files")
 def list_files():
     limit = page_limit(default=10000, maximum=10000)
-    purpose = request.args.get("purpose")
+    purpose = query_arg("purpose")
     sql = "SELECT * FROM files WHERE project = %s"
     params: list[Any] = [g.principal.project]
     if purpose:
         sql += " AND purpose = %s"
         params.append(purpose)
-    after = request.args.get("after")
+    after = query_arg("after")
     if after:
-        sql += " AND (created_at, id) < (SELECT created_at, id FROM files WHERE id = %s)"
-        params.append(after)
+        # the cursor must be this project's file: another project's id must not tell its position
+        sql += " AND (created_at, id) < (SELECT created_at, id FROM files WHERE id = %s AND project = %s)"
+        params += [after, g.principal.project]
     sql += " ORDER BY created_at DESC, id DESC LIMIT %s"
     params.append(limit + 1)
     with svc().pool.connection() as c:
@@ -112,8 +152,11 @@ def file_content(file_id: str):
     row = _get_file(file_id)
     with svc().pool.connection() as c:
         blob = c.execute("SELECT content FROM blobs WHERE sha256 = %s", (row["sha256"],)).fetchone()
-    return Response(bytes(blob["content"]), mimetype="application/jsonl",
-                    headers={"Content-Disposition": f'attachment; filename="{row["filename"]}"'})
+    # werkzeug quotes the name (an ASCII `filename` plus RFC 5987 `filename*` for the rest); names stored
+    # before uploads were cleaned may hold control characters, so clean them here too
+    return send_file(io.BytesIO(bytes(blob["content"])), mimetype="application/jsonl", as_attachment=True,
+                     download_name=clean_filename(row["filename"], f"{file_id}.jsonl"), etag=row["sha256"],
+                     max_age=0)
 
 
 @bp.delete("/files/<file_id>")
@@ -143,6 +186,8 @@ def job_object(j: JobState | dict[str, Any]) -> dict[str, Any]:
 
 
 def _get_job(job_id: str) -> dict[str, Any]:
+    if not valid_id(job_id):
+        raise NotFound(f"no such fine-tuning job: {job_id!r}", param="fine_tuning_job_id")
     return owned("jobs", job_id, "fine-tuning job", "fine_tuning_job_id")
 
 
@@ -153,12 +198,29 @@ def _resolve_model(model: Any) -> tuple[str, int]:
     if model in BASE_MODELS:
         return "hf-lora", BASE_MODELS[model].context_length
     if model.startswith("hf/"):
-        path = Path(model[3:])
+        try:
+            path = hf_model_folder(svc().settings.model_dir, model)
+        except ModelPathError as e:
+            raise ValidationError(str(e), param="model", code="model_not_available") from None
         cfg = path / "config.json"
-        if not cfg.is_file():
-            raise ValidationError(f"model {model!r}: no Hugging Face model folder (config.json) at {path}",
+        try:
+            found = cfg.is_file()
+        except OSError:  # unreadable (permissions): the same answer as missing
+            found = False
+        if not found:
+            raise ValidationError(f"model {model!r}: no Hugging Face model folder (config.json) there",
                                   param="model", code="model_not_available")
-        return "hf-lora", int(json.loads(cfg.read_text()).get("max_position_embeddings") or 2048)
+        try:
+            if cfg.stat().st_size > 1024 * 1024:
+                raise ValueError("over 1 MiB")
+            config = json.loads(cfg.read_text(encoding="utf-8"))
+            context = config.get("max_position_embeddings") or 2048
+            if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+                raise ValueError(f"max_position_embeddings is {context!r}")
+        except (OSError, ValueError, AttributeError, RecursionError) as e:
+            raise ValidationError(f"model {model!r}: its config.json is not a readable model configuration "
+                                  f"({type(e).__name__})", param="model", code="model_not_available") from None
+        return "hf-lora", context
     if model.startswith("openai/") or model == "dspy":
         raise ValidationError(f"model {model!r}: this backend is not enabled on this server yet", param="model",
                               code="model_not_available")
@@ -174,7 +236,10 @@ ALLOWED_JOB_KEYS = {"model", "training_file", "validation_file", "suffix", "seed
 @bp.post("/fine_tuning/jobs")
 def create_job():
     p = require("admin", "trainer")
-    body = json_body()
+    try:
+        body = json_body()
+    except RecursionError:  # the json module's limit on nesting; a body that deep is no job request
+        raise ValidationError("the request body is nested too deeply", param=None) from None
     unknown = set(body) - ALLOWED_JOB_KEYS
     if unknown:
         raise ValidationError(f"unrecognized request argument(s): {', '.join(sorted(unknown))}",
@@ -183,6 +248,8 @@ def create_job():
     backend, context_length = _resolve_model(body.get("model"))
     if not isinstance(body.get("training_file"), str):
         raise ValidationError("training_file is required (an uploaded file id)", param="training_file")
+    if body.get("validation_file") is not None and not isinstance(body["validation_file"], str):
+        raise ValidationError("validation_file must be an uploaded file id", param="validation_file")
     train = _get_file(body["training_file"], param="training_file")
     valid = _get_file(body["validation_file"], param="validation_file") if body.get("validation_file") else None
     for f, param in ((train, "training_file"), (valid, "validation_file")):
@@ -207,9 +274,9 @@ def create_job():
     meta = body.get("metadata")
     if meta is not None and (not isinstance(meta, dict) or len(meta) > 16 or
                              not all(isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
-                                     for k, v in meta.items())):
+                                     and storable(k) and storable(v) for k, v in meta.items())):
         raise ValidationError("metadata must be an object of at most 16 string keys (<= 64 chars) and "
-                              "string values (<= 512 chars)", param="metadata")
+                              "string values (<= 512 chars), without NUL", param="metadata")
     if body.get("integrations"):
         raise ValidationError("integrations are not supported", param="integrations")
     method_type, hp = parse_method(body.get("method"), body.get("hyperparameters"))
@@ -232,15 +299,20 @@ def list_jobs():
     limit = page_limit()
     sql = "SELECT * FROM jobs WHERE project = %s"
     params: list[Any] = [g.principal.project]
-    after = request.args.get("after")
+    after = query_arg("after")
     if after:
         sql += " AND seq < coalesce((SELECT seq FROM jobs WHERE id = %s AND project = %s), 0)"
         params += [after, g.principal.project]
-    for k, v in request.args.items():
-        m = re.fullmatch(r"metadata\[(.+)\]", k)
+    filters = 0
+    for k in request.args:
+        m = re.fullmatch(r"metadata\[(.+)\]", k, flags=re.DOTALL)
         if m:
+            filters += 1
+            if filters > 16 or len(m.group(1)) > 64 or not storable(m.group(1)):
+                raise ValidationError("metadata filters are at most 16 metadata[key]=value pairs, keys of at most "
+                                      "64 characters without NUL", param="metadata")
             sql += " AND metadata ->> %s = %s"
-            params += [m.group(1), v]
+            params += [m.group(1), query_arg(k, max_length=512)]
     sql += " ORDER BY seq DESC LIMIT %s"
     params.append(limit + 1)
     with svc().pool.connection() as c:
@@ -347,10 +419,10 @@ def job_checkpoints(job_id: str):
     limit = page_limit(default=10)
     sql = "SELECT * FROM job_checkpoints WHERE job_id = %s"
     params: list[Any] = [job_id]
-    after = request.args.get("after")
+    after = query_arg("after")
     if after:
-        sql += " AND seq < coalesce((SELECT seq FROM job_checkpoints WHERE id = %s), 0)"
-        params.append(after)
+        sql += " AND seq < coalesce((SELECT seq FROM job_checkpoints WHERE id = %s AND job_id = %s), 0)"
+        params += [after, job_id]
     sql += " ORDER BY seq DESC LIMIT %s"
     params.append(limit + 1)
     with svc().pool.connection() as c:

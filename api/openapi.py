@@ -1,128 +1,381 @@
-"""The OpenAPI document for the routes this server answers (kept beside the code that serves them)."""
+"""The OpenAPI document for the routes this server answers (kept beside the code that serves them).
+
+Every operation lists its success response with the body's schema, and `default` for every other status:
+each error is the one JSON shape {"error": {"code", "message", "param", "type"}} (DESIGN §3). The request
+schemas carry the validators' bounds (lengths, ranges, enums), so a client generated from this document
+sends what the server accepts. tests/security/test_schemathesis.py checks the live server against it.
+"""
 from __future__ import annotations
 
 from typing import Any
 
-ERR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+NULLABLE_STR = {"type": ["string", "null"]}
+NULLABLE_INT = {"type": ["integer", "null"]}
+ERR = {"description": "an error (4xx for the client's, 5xx for a fault; 429 and 503 with Retry-After)",
+       "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
-def _op(summary: str, tag: str, body: dict | None = None, params: list | None = None, ok: str = "200") -> dict:
-    op: dict[str, Any] = {"summary": summary, "tags": [tag],
-                          "responses": {ok: {"description": "success"}, "400": ERR, "401": ERR, "404": ERR}}
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def JSON(ref: str) -> dict[str, Any]:  # noqa: N802 - reads as a media type
+    return {"application/json": {"schema": _ref(ref)}}
+
+
+def _obj(required: list[str], **props: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": props}
+
+
+def _list(item: str, **extra: Any) -> dict[str, Any]:
+    return _obj(["object", "data", *extra], object={"const": "list"}, data={"type": "array", "items": _ref(item)},
+                **extra)
+
+
+def _op(summary: str, tag: str, ok: str = "200", returns: str | dict | None = None, body: dict | None = None,
+        params: list | None = None, public: bool = False, body_required: bool = True) -> dict[str, Any]:
+    if isinstance(returns, str):
+        content: dict[str, Any] | None = JSON(returns)
+    else:
+        content = returns
+    success: dict[str, Any] = {"description": "success"}
+    if content:
+        success["content"] = content
+    op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": {ok: success, "default": ERR}}
     if body:
-        op["requestBody"] = {"required": True, "content": body}
+        op["requestBody"] = {"required": body_required, "content": body}
     if params:
         op["parameters"] = params
+    if public:
+        op["security"] = []
     return op
 
 
-def _q(name: str, desc: str) -> dict:
-    return {"name": name, "in": "query", "required": False, "schema": {"type": "string"}, "description": desc}
+def _q(name: str, desc: str, schema: dict | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema or {"type": "string"},
+            "description": desc}
 
 
-def _p(name: str) -> dict:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+def _limit(maximum: int) -> dict[str, Any]:
+    return _q("limit", f"page size (1-{maximum})", {"type": "integer", "minimum": 1, "maximum": maximum})
 
 
-JSON = lambda ref: {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}  # noqa: E731
+def _p(name: str, schema: dict | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema or {"type": "string"}}
+
+
+ALIAS_NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"}
+JOB_STATUSES = ["validating_files", "queued", "running", "pausing", "paused", "succeeded", "failed", "cancelled"]
+# A server-sent event, as OpenAPI 3.1 tools read an event stream's schema (one event; 3.2's itemSchema)
+SSE_EVENT = {"type": "object", "required": ["data"], "properties": {
+    "data": {"type": "string", "description": "JSON (a chat.completion.chunk, or a job event), or [DONE]"},
+    "event": {"type": "string", "description": "job streams: job, end, reconnect or error"},
+    "id": {"type": "string"}, "retry": {"type": "integer"}}}
+SSE = {"text/event-stream": {"schema": SSE_EVENT}}
+
+
+def schemas() -> dict[str, Any]:
+    return {
+        "Error": _obj(["error"], error=_obj(["message"], code=NULLABLE_STR, message={"type": "string"},
+                                             param=NULLABLE_STR, type={"type": "string"})),
+        # ---- files
+        "File": _obj(["id", "object", "bytes", "created_at", "filename", "purpose", "status"],
+                     id={"type": "string"}, object={"const": "file"}, bytes={"type": "integer"},
+                     created_at={"type": "integer"}, filename={"type": "string"}, purpose={"type": "string"},
+                     status={"type": "string"}, status_details={"type": "null"}, expires_at=NULLABLE_INT),
+        "FileList": _list("File", has_more={"type": "boolean"}, first_id=NULLABLE_STR, last_id=NULLABLE_STR),
+        "FileDeleted": _obj(["id", "object", "deleted"], id={"type": "string"}, object={"const": "file"},
+                            deleted={"const": True}),
+        "FeedbackFile": {"allOf": [_ref("File"), _obj(["examples"], examples={"type": "integer"})]},
+        # ---- fine-tuning
+        "CreateJob": {
+            "type": "object", "required": ["model", "training_file"], "additionalProperties": False,
+            "properties": {
+                "model": {"type": "string", "minLength": 1,
+                          "description": "a bundled model (smollm2-135m-instruct) or hf/<folder inside the model "
+                                         "roots>"},
+                "training_file": {"type": "string"}, "validation_file": NULLABLE_STR,
+                "suffix": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": 2**31 - 1},
+                "metadata": {"type": ["object", "null"], "maxProperties": 16,
+                             "propertyNames": {"maxLength": 64},
+                             "additionalProperties": {"type": "string", "maxLength": 512}},
+                "method": {"type": ["object", "null"], "properties": {
+                    "type": {"enum": ["supervised", "dpo", "dspy"]},
+                    "supervised": {"type": "object", "properties": {"hyperparameters": _ref("Hyperparameters")}}}},
+                "hyperparameters": {"oneOf": [_ref("Hyperparameters"), {"type": "null"}]},
+                "integrations": {"type": ["array", "null"], "maxItems": 0},
+            }},
+        "Hyperparameters": {"type": "object", "additionalProperties": False, "properties": {
+            "n_epochs": {"oneOf": [{"const": "auto"}, {"type": "integer", "minimum": 1, "maximum": 50}]},
+            "batch_size": {"oneOf": [{"const": "auto"}, {"type": "integer", "minimum": 1, "maximum": 256}]},
+            "learning_rate_multiplier": {"oneOf": [{"const": "auto"},
+                                                   {"type": "number", "exclusiveMinimum": 0, "maximum": 100}]}}},
+        "Job": _obj(
+            ["id", "object", "created_at", "model", "status", "training_file", "hyperparameters", "method"],
+            id={"type": "string"}, object={"const": "fine_tuning.job"}, created_at={"type": "integer"},
+            error={"oneOf": [{"type": "null"}, _obj(["message"], code=NULLABLE_STR, message={"type": "string"},
+                                                    param=NULLABLE_STR)]},
+            fine_tuned_model=NULLABLE_STR, finished_at=NULLABLE_INT, hyperparameters={"type": "object"},
+            model={"type": "string"}, organization_id={"type": "string"}, result_files={"type": "array"},
+            seed=NULLABLE_INT, status={"enum": JOB_STATUSES}, trained_tokens=NULLABLE_INT,
+            training_file={"type": "string"}, validation_file=NULLABLE_STR, estimated_finish=NULLABLE_INT,
+            integrations={"type": "array"}, metadata={"type": ["object", "null"]}, method={"type": "object"},
+            user_provided_suffix=NULLABLE_STR),
+        "JobList": _list("Job", has_more={"type": "boolean"}),
+        "JobEvent": _obj(["id", "object", "created_at", "level", "message", "type"],
+                         id={"type": "string"}, object={"const": "fine_tuning.job.event"},
+                         created_at={"type": "integer"}, level={"type": "string"},
+                         message={"type": "string"}, type={"enum": ["message", "metrics"]}, data={"type": "object"}),
+        "JobEventList": _list("JobEvent", has_more={"type": "boolean"}),
+        "Checkpoint": _obj(["id", "object", "created_at", "fine_tuned_model_checkpoint", "fine_tuning_job_id",
+                            "metrics", "step_number"],
+                           id={"type": "string"}, object={"const": "fine_tuning.job.checkpoint"},
+                           created_at={"type": "integer"}, fine_tuned_model_checkpoint={"type": "string"},
+                           fine_tuning_job_id={"type": "string"}, metrics={"type": "object"},
+                           step_number={"type": "integer"}),
+        "CheckpointList": _list("Checkpoint", has_more={"type": "boolean"}, first_id=NULLABLE_STR,
+                                last_id=NULLABLE_STR),
+        # ---- models
+        "Model": _obj(["id", "object", "created", "owned_by", "kind"],
+                      id={"type": "string"}, object={"const": "model"}, created={"type": "integer"},
+                      owned_by={"type": "string"}, kind={"enum": ["base", "fine-tuned", "alias"]},
+                      target={"type": "string"}, root={"type": "string"}, parent={"type": "string"},
+                      job_id=NULLABLE_STR, lineage={"type": "object"}),
+        "ModelList": _list("Model"),
+        # ---- keys and the log
+        "CreateKey": {"type": "object", "additionalProperties": True, "properties": {
+            "role": {"enum": ["admin", "trainer", "viewer"]},
+            "project": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+            "name": {"type": "string", "maxLength": 200}}},
+        "ApiKey": _obj(["object", "id", "name", "role", "project", "created_at"],
+                       object={"const": "api_key"}, id={"type": "string"},
+                       key={"type": ["string", "null"], "description": "the key itself, in this response only "
+                                                                       "(null in an idempotent replay)"},
+                       key_redacted={"type": "boolean"}, name={"type": "string"}, role={"type": "string"},
+                       project={"type": "string"}, created_at={"type": "integer"}),
+        "ApiKeyInfo": _obj(["id", "name", "role", "project", "created_at", "revoked"],
+                           id={"type": "string"}, name={"type": "string"}, role={"type": "string"},
+                           project={"type": "string"}, created_at={"type": "integer"}, revoked={"type": "boolean"}),
+        "ApiKeyList": _list("ApiKeyInfo"),
+        "ApiKeyRevoked": _obj(["object", "id", "revoked"], object={"const": "api_key"}, id={"type": "string"},
+                              revoked={"const": True}),
+        "LogEvent": _obj(["global_position", "stream_id", "stream_version", "type", "data", "metadata",
+                          "recorded_at"],
+                         global_position={"type": "integer"}, stream_id={"type": "string"},
+                         stream_version={"type": "integer"}, type={"type": "string"}, data={"type": "object"},
+                         metadata={"type": "object"}, recorded_at={"type": "string"}),
+        "AuditLog": _list("LogEvent", next_after={"type": "integer"}),
+        "Rebuild": _obj(["object"], object={"enum": ["replay", "verify"]}, actor={"type": "string"}),
+        "DeadLetter": _obj(["projection", "global_position", "stream_id", "type", "attempts", "error", "parked"],
+                           projection={"type": "string"}, global_position={"type": "integer"},
+                           stream_id={"type": "string"}, type={"type": "string"}, attempts={"type": "integer"},
+                           error={"type": "string"}, parked={"type": "boolean"},
+                           first_failed_at={"type": "string"}, last_failed_at={"type": "string"}),
+        "DeadLetters": _list("DeadLetter"),
+        # ---- knowledge base
+        "CreateDocument": _obj(["title", "text"], title={"type": "string", "minLength": 1, "pattern": "\\S"},
+                               text={"type": "string", "minLength": 1, "pattern": "\\S"}),
+        "UploadDocument": _obj(["file"], file={"type": "string", "format": "binary",
+                                               "description": ".txt, .md or .pdf (at most 500 pages)"},
+                               title={"type": "string"}),
+        "Document": _obj(["id", "object", "title", "media_type", "bytes", "sha256", "status", "n_chunks",
+                          "created_at"],
+                         id={"type": "string"}, object={"const": "document"}, title={"type": "string"},
+                         filename=NULLABLE_STR, media_type={"type": "string"}, bytes={"type": "integer"},
+                         sha256={"type": "string"}, status={"enum": ["processing", "indexed", "failed"]},
+                         n_chunks={"type": "integer"}, error={}, created_at={"type": "integer"},
+                         indexed_at=NULLABLE_INT),
+        "DocumentList": _list("Document"),
+        "DocumentDeleted": _obj(["id", "object", "deleted"], id={"type": "string"}, object={"const": "document"},
+                                deleted={"const": True}),
+        "Chunk": _obj(["idx", "text", "char_start", "char_end"], idx={"type": "integer"}, text={"type": "string"},
+                      char_start={"type": "integer"}, char_end={"type": "integer"}),
+        "ChunkList": _list("Chunk", has_more={"type": "boolean"}, next_after=NULLABLE_INT),
+        # ---- registry
+        "Promote": _obj(["model", "reason"], model={"type": "string", "minLength": 1},
+                        reason={"type": "string", "minLength": 1, "pattern": "\\S"}),
+        "Alias": _obj(["object", "alias", "model"], object={"const": "alias"}, alias={"type": "string"},
+                      model={"type": "string"}, previous=NULLABLE_STR, reason={"type": "string"},
+                      updated_at=NULLABLE_INT),
+        "AliasList": _list("Alias"),
+        "AliasChange": _obj(["model", "previous", "reason", "actor", "at", "position"],
+                            model={"type": "string"}, previous=NULLABLE_STR, reason={"type": "string"},
+                            actor=NULLABLE_STR, at=NULLABLE_INT, position=NULLABLE_INT),
+        "AliasHistory": _list("AliasChange", alias={"type": "string"}),
+        "SettingsPatch": {"type": "object", "additionalProperties": False, "properties": {
+            "store_chat_text": {"type": "boolean"}, "promotion_requires_better_eval": {"type": "boolean"}}},
+        "Settings": _obj(["object", "project", "store_chat_text", "promotion_requires_better_eval", "version"],
+                         object={"const": "settings"}, project={"type": "string"},
+                         store_chat_text={"type": "boolean"}, promotion_requires_better_eval={"type": "boolean"},
+                         version={"type": "integer"}),
+        # ---- chat
+        "ChatMessage": _obj(["role"], role={"enum": ["system", "developer", "user", "assistant", "tool"]},
+                            content={"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}},
+                                               {"type": "null"}]}),
+        "ChatRequest": {"type": "object", "required": ["model", "messages"], "properties": {
+            "model": {"type": "string", "minLength": 1, "examples": ["tutor"]},
+            "messages": {"type": "array", "minItems": 1, "maxItems": 256, "items": _ref("ChatMessage")},
+            "stream": {"type": "boolean"}, "stream_options": {"type": ["object", "null"]},
+            "max_tokens": {"type": "integer", "minimum": 1, "maximum": 2048},
+            "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": 2048},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+            "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+            "n": {"const": 1}, "seed": NULLABLE_INT,
+            "retrieval": {"oneOf": [{"type": "boolean"}, {"type": "object", "properties": {
+                "enabled": {"type": "boolean"}, "top_k": {"type": "integer", "minimum": 1, "maximum": 20}}}]}}},
+        "ChatCompletion": _obj(["id", "object", "created", "model", "choices", "usage"],
+                               id={"type": "string"}, object={"const": "chat.completion"},
+                               created={"type": "integer"}, model={"type": "string"},
+                               choices={"type": "array", "items": _obj(
+                                   ["index", "message", "finish_reason"], index={"type": "integer"},
+                                   message=_obj(["role", "content"], role={"const": "assistant"},
+                                                content={"type": "string"}),
+                                   finish_reason=NULLABLE_STR)},
+                               usage=_obj(["prompt_tokens", "completion_tokens", "total_tokens"],
+                                          prompt_tokens={"type": "integer"}, completion_tokens={"type": "integer"},
+                                          total_tokens={"type": "integer"}),
+                               sources={"type": "array", "items": {"type": "object"}},
+                               tunelog={"type": "object"}),
+        "ChatAnswers": _list("ChatAnswer"),
+        "ChatAnswer": _obj(["id", "model", "created_at"], id={"type": "string"}, model={"type": "string"},
+                           alias=NULLABLE_STR, created_at={"type": "integer"}),
+        "GiveFeedback": _obj(["chat_id", "rating"], chat_id={"type": "string"},
+                             rating={"type": "integer", "minimum": 1, "maximum": 5},
+                             corrected_answer={"type": ["string", "null"]}, comment={"type": ["string", "null"]},
+                             messages={"type": "array", "items": {"type": "object"}}),
+        "Feedback": _obj(["object", "id", "chat_id", "rating", "approved"], object={"const": "chat.feedback"},
+                         id={"type": "string"}, chat_id={"type": "string"}, project={"type": "string"},
+                         rating={"type": "integer"}, comment=NULLABLE_STR, corrected_answer=NULLABLE_STR,
+                         approved={"type": "boolean"}),
+        "FeedbackApproved": _obj(["object", "id", "approved"], object={"const": "chat.feedback"},
+                                 id={"type": "string"}, approved={"const": True}),
+        # ---- operations
+        "Health": _obj(["status"], status={"enum": ["ok", "degraded", "unavailable"]}, postgres={"type": "string"},
+                       redis={"type": "string"}, parts={"type": "object"}),
+    }
 
 
 def document() -> dict[str, Any]:
+    job_id, file_id, doc_id = _p("job_id"), _p("file_id"), _p("document_id")
+    alias = _p("alias", ALIAS_NAME)
     return {
         "openapi": "3.1.0",
         "info": {"title": "tunelog", "version": "0.1.0",
-                 "description": "Fine-tuning and serving an educational chatbot's models, OpenAI-compatible."},
+                 "description": "Fine-tuning and serving an educational chatbot's models, OpenAI-compatible. "
+                                "Every error is JSON {\"error\": {\"code\", \"message\", \"param\", \"type\"}}."},
         "servers": [{"url": "/"}],
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
-                    "code": {"type": ["string", "null"]}, "message": {"type": "string"},
-                    "param": {"type": ["string", "null"]}, "type": {"type": "string"}}}}},
-                "CreateJob": {"type": "object", "required": ["model", "training_file"], "properties": {
-                    "model": {"type": "string"}, "training_file": {"type": "string"},
-                    "validation_file": {"type": "string"}, "suffix": {"type": "string", "maxLength": 64},
-                    "seed": {"type": "integer"}, "metadata": {"type": "object"},
-                    "method": {"type": "object"}}},
-                "ChatRequest": {"type": "object", "required": ["model", "messages"], "properties": {
-                    "model": {"type": "string"}, "messages": {"type": "array", "items": {"type": "object"}},
-                    "stream": {"type": "boolean"}, "max_tokens": {"type": "integer"},
-                    "temperature": {"type": "number"}, "top_p": {"type": "number"}, "seed": {"type": "integer"},
-                    "retrieval": {"oneOf": [{"type": "boolean"}, {"type": "object"}]}}},
-                "Promote": {"type": "object", "required": ["model", "reason"], "properties": {
-                    "model": {"type": "string"}, "reason": {"type": "string"}}},
-                "Settings": {"type": "object", "properties": {"store_chat_text": {"type": "boolean"},
-                                                              "promotion_requires_better_eval": {"type": "boolean"}}},
-                "CreateKey": {"type": "object", "properties": {"role": {"enum": ["admin", "trainer", "viewer"]},
-                                                               "project": {"type": "string"},
-                                                               "name": {"type": "string"}}},
-            },
-        },
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": schemas()},
         "security": [{"bearer": []}],
         "paths": {
-            "/healthz": {"get": {**_op("Liveness and dependencies", "ops"), "security": []}},
-            "/metrics": {"get": {**_op("Prometheus metrics", "ops"), "security": []}},
+            # ---- no key needed
+            "/": {"get": _op("The web UI", "ui", returns={"text/html": {"schema": {"type": "string"}}},
+                             public=True)},
+            "/ui/{name}": {"get": _op("The web UI's files", "ui", params=[_p("name")], public=True,
+                                      returns={"*/*": {"schema": {"type": "string"}}})},
+            "/healthz": {"get": {**_op("Liveness and dependencies (503 with Retry-After when Postgres or Redis is "
+                                       "unreachable)", "ops", returns="Health", public=True)}},
+            "/metrics": {"get": _op("Prometheus metrics", "ops", returns={"text/plain": {"schema": {"type": "string"}}},
+                                    public=True)},
+            "/openapi.json": {"get": _op("This document", "ops", returns={"application/json": {"schema": {
+                "type": "object"}}}, public=True)},
+            # ---- OpenAI-shaped
             "/v1/files": {
-                "get": _op("List files", "files", params=[_q("purpose", "filter"), _q("after", "cursor"),
-                                                          _q("limit", "page size")]),
-                "post": _op("Upload a JSONL training file", "files", body={"multipart/form-data": {"schema": {
-                    "type": "object", "required": ["file", "purpose"],
-                    "properties": {"file": {"type": "string", "format": "binary"},
-                                   "purpose": {"enum": ["fine-tune"]}}}}}),
+                "get": _op("List files", "files", returns="FileList", params=[
+                    _q("purpose", "filter"), _q("after", "cursor: a file id"), _limit(10000)]),
+                "post": _op("Upload a JSONL training file", "files", returns="File", body={"multipart/form-data": {
+                    "schema": {"type": "object", "required": ["file", "purpose"],
+                               "properties": {"file": {"type": "string", "format": "binary"},
+                                              "purpose": {"enum": ["fine-tune"]}}}}}),
             },
-            "/v1/files/{file_id}": {"get": _op("Retrieve a file", "files", params=[_p("file_id")]),
-                                    "delete": _op("Delete a file", "files", params=[_p("file_id")])},
-            "/v1/files/{file_id}/content": {"get": _op("File content", "files", params=[_p("file_id")])},
+            "/v1/files/{file_id}": {"get": _op("Retrieve a file", "files", returns="File", params=[file_id]),
+                                    "delete": _op("Delete a file", "files", returns="FileDeleted", params=[file_id])},
+            "/v1/files/{file_id}/content": {"get": _op(
+                "File content", "files", params=[file_id],
+                returns={"application/jsonl": {"schema": {"type": "string"}}})},
             "/v1/fine_tuning/jobs": {
-                "post": _op("Create a fine-tuning job", "fine-tuning", body=JSON("CreateJob")),
-                "get": _op("List jobs", "fine-tuning", params=[_q("after", "cursor"), _q("limit", "page size"),
-                                                               _q("metadata[key]", "metadata filter")]),
+                "post": _op("Create a fine-tuning job", "fine-tuning", returns="Job", body=JSON("CreateJob")),
+                "get": _op("List jobs", "fine-tuning", returns="JobList", params=[
+                    _q("after", "cursor: a job id"), _limit(100),
+                    {**_q("metadata", "metadata filter: metadata[key]=value", {
+                        "type": "object", "additionalProperties": {"type": "string"}}), "style": "deepObject",
+                     "explode": True}]),
             },
-            "/v1/fine_tuning/jobs/{job_id}": {"get": _op("Retrieve a job", "fine-tuning", params=[_p("job_id")])},
-            "/v1/fine_tuning/jobs/{job_id}/cancel": {"post": _op("Cancel a job", "fine-tuning",
-                                                                 params=[_p("job_id")])},
+            "/v1/fine_tuning/jobs/{job_id}": {"get": _op("Retrieve a job", "fine-tuning", returns="Job",
+                                                         params=[job_id])},
+            "/v1/fine_tuning/jobs/{job_id}/cancel": {"post": _op("Cancel a job", "fine-tuning", returns="Job",
+                                                                 params=[job_id])},
             "/v1/fine_tuning/jobs/{job_id}/events": {"get": _op(
-                "Job events, newest first", "fine-tuning",
-                params=[_p("job_id"), _q("after", "event id cursor"), _q("limit", "page size"),
-                        _q("type", "message or metrics")])},
-            "/v1/fine_tuning/jobs/{job_id}/checkpoints": {"get": _op("Job checkpoints", "fine-tuning",
-                                                                     params=[_p("job_id")])},
-            "/v1/models": {"get": _op("Base and fine-tuned models", "models")},
-            "/v1/models/{model_id}": {"get": _op("Retrieve a model", "models", params=[_p("model_id")])},
-            "/api/keys": {"post": _op("Create an API key (admin)", "admin", body=JSON("CreateKey"), ok="201"),
-                          "get": _op("List API keys (admin)", "admin")},
-            "/api/keys/{key_id}": {"delete": _op("Revoke an API key (admin)", "admin", params=[_p("key_id")])},
-            "/api/events": {"get": _op("Audit log (admin)", "admin",
-                                       params=[_q("after", "position"), _q("limit", "page size"),
-                                               _q("stream", "stream id")])},
-            "/api/admin/replay": {"post": _op("Rebuild every read model from the log (admin)", "admin")},
+                "Job events, newest first", "fine-tuning", returns="JobEventList",
+                params=[job_id, _q("after", "cursor: an event id (ftevent-<n>)"), _limit(100),
+                        _q("type", "message or metrics", {"enum": ["message", "metrics"]})])},
+            "/v1/fine_tuning/jobs/{job_id}/checkpoints": {"get": _op(
+                "Job checkpoints", "fine-tuning", returns="CheckpointList",
+                params=[job_id, _q("after", "cursor: a checkpoint id"), _limit(100)])},
+            "/v1/models": {"get": _op("Base and fine-tuned models, and this project's aliases", "models",
+                                      returns="ModelList")},
+            "/v1/models/{model_id}": {"get": _op("Retrieve a model", "models", returns="Model",
+                                                 params=[_p("model_id")])},
             "/v1/chat/completions": {"post": _op(
                 "Chat (OpenAI shape; stream true/false) with retrieval over the knowledge base", "chat",
-                body=JSON("ChatRequest"))},
+                body=JSON("ChatRequest"), returns={**JSON("ChatCompletion"), **SSE})},
+            # ---- keys, the log, the operator's tools
+            "/api/keys": {"post": _op("Create an API key (admin: its own project; operator: any)", "admin",
+                                      ok="201", returns="ApiKey", body=JSON("CreateKey")),
+                          "get": _op("List API keys (admin; the operator may pass project=NAME or *)", "admin",
+                                     returns="ApiKeyList", params=[_q("project", "operator only")])},
+            "/api/keys/{key_id}": {"delete": _op("Revoke an API key (admin)", "admin", returns="ApiKeyRevoked",
+                                                 params=[_p("key_id")])},
+            "/api/events": {"get": _op("Audit log (admin: its project's streams; operator: all)", "admin",
+                                       returns="AuditLog", params=[
+                                           _q("after", "position", {"type": "integer", "minimum": 0}),
+                                           _limit(1000), _q("stream", "stream id")])},
+            "/api/admin/replay": {"post": _op("Rebuild every read model from the log and swap it in (operator)",
+                                              "admin", returns="Rebuild")},
+            "/api/admin/verify": {"post": _op("Rebuild aside and compare with the live read models (operator)",
+                                              "admin", returns="Rebuild")},
+            "/api/admin/dead-letters": {"get": _op("Events a projection parked (operator)", "admin",
+                                                   returns="DeadLetters")},
+            # ---- knowledge base
             "/api/documents": {
                 "post": _op("Add a document (multipart file .txt/.md/.pdf, or JSON {title, text})", "knowledge",
-                            ok="201"),
-                "get": _op("List documents", "knowledge", params=[_q("limit", "page size")]),
+                            ok="201", returns="Document", body={**JSON("CreateDocument"), "multipart/form-data": {
+                                "schema": _ref("UploadDocument")}}),
+                "get": _op("List documents", "knowledge", returns="DocumentList", params=[_limit(1000)]),
             },
-            "/api/documents/{document_id}": {"get": _op("Retrieve a document", "knowledge", params=[_p("document_id")]),
-                                             "delete": _op("Delete a document and its chunks", "knowledge",
-                                                           params=[_p("document_id")])},
-            "/api/documents/{document_id}/chunks": {"get": _op("A document's chunks", "knowledge",
-                                                               params=[_p("document_id")])},
-            "/api/aliases": {"get": _op("Aliases of this project", "registry")},
-            "/api/aliases/{alias}": {"get": _op("An alias's target", "registry", params=[_p("alias")]),
-                                     "post": _op("Promote a model to the alias, with a reason", "registry",
-                                                 params=[_p("alias")], body=JSON("Promote"))},
-            "/api/aliases/{alias}/history": {"get": _op("Every change of the alias", "registry", params=[_p("alias")])},
-            "/api/settings": {"get": _op("Project settings", "registry"),
-                              "put": _op("Change project settings (admin)", "registry", body=JSON("Settings"))},
-            "/api/chat/answers": {"get": _op("Which model answered what (admin)", "chat",
-                                             params=[_q("model", "filter"), _q("limit", "page size")])},
-            "/api/chat/feedback": {"post": _op("Rate an answer, optionally with a correction", "chat", ok="201")},
-            "/api/chat/feedback/{feedback_id}/approve": {"post": _op("Approve a correction for training", "chat",
-                                                                     params=[_p("feedback_id")])},
-            "/api/datasets/from-feedback": {"post": _op("Build a fine-tune file from approved corrections", "chat")},
+            "/api/documents/{document_id}": {
+                "get": _op("Retrieve a document", "knowledge", returns="Document", params=[doc_id]),
+                "delete": _op("Delete a document and its chunks", "knowledge", returns="DocumentDeleted",
+                              params=[doc_id])},
+            "/api/documents/{document_id}/chunks": {"get": _op(
+                "A page of a document's chunks, in order", "knowledge", returns="ChunkList",
+                params=[doc_id, _q("after", "the last chunk index of the previous page",
+                                   {"type": "integer", "minimum": 0}), _limit(1000)])},
+            # ---- registry
+            "/api/aliases": {"get": _op("Aliases of this project", "registry", returns="AliasList")},
+            "/api/aliases/{alias}": {
+                "get": _op("An alias's target", "registry", returns="Alias", params=[alias]),
+                "post": _op("Promote a model to the alias, with a reason", "registry", returns="Alias",
+                            params=[alias], body=JSON("Promote"))},
+            "/api/aliases/{alias}/history": {"get": _op("Every change of the alias", "registry",
+                                                        returns="AliasHistory", params=[alias])},
+            "/api/settings": {
+                "get": _op("Project settings (the ETag is their version)", "registry", returns="Settings"),
+                "put": _op("Change project settings (admin; If-Match: the version expected)", "registry",
+                           returns="Settings", body=JSON("SettingsPatch")),
+                "patch": _op("Change project settings (admin; If-Match: the version expected)", "registry",
+                             returns="Settings", body=JSON("SettingsPatch"))},
+            # ---- chat records and feedback
+            "/api/chat/answers": {"get": _op("Which model answered what (admin)", "chat", returns="ChatAnswers",
+                                             params=[_q("model", "filter"), _limit(1000)])},
+            "/api/chat/feedback": {"post": _op("Rate an answer, optionally with a correction", "chat", ok="201",
+                                               returns="Feedback", body=JSON("GiveFeedback"))},
+            "/api/chat/feedback/{feedback_id}/approve": {"post": _op(
+                "Approve a correction for training", "chat", returns="FeedbackApproved",
+                params=[_p("feedback_id")])},
+            "/api/datasets/from-feedback": {"post": _op("Build a fine-tune file from approved corrections", "chat",
+                                                        returns="FeedbackFile")},
             "/api/jobs/{job_id}/stream": {"get": _op("A job's events as server-sent events", "fine-tuning",
-                                                     params=[_p("job_id")])},
+                                                     params=[job_id], returns=SSE)},
         },
     }

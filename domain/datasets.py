@@ -16,6 +16,7 @@ EXAMPLE_KEYS = {"messages", "tools", "functions", "parallel_tool_calls", "metada
 # category -> human text, in the cookbook's words
 CATEGORIES = {
     "invalid_json": "line is not valid JSON",
+    "too_deep": "JSON nested too deeply",
     "data_type": "example is not a JSON object",
     "unrecognized_example_key": "unknown key(s) in example",
     "missing_messages_list": "missing a \"messages\" list",
@@ -29,6 +30,21 @@ CATEGORIES = {
 }
 
 
+MAX_DETAIL = 200  # characters of a line's detail quoted in the error message
+
+
+def _lines(text: str):
+    """(line number, line) as editors count them: split on \\n only (str.splitlines also splits on
+    U+2028, U+0085, form feeds..., which JSON strings may hold unescaped), with a trailing \\r dropped."""
+    for lineno, raw in enumerate(text.split("\n"), start=1):
+        yield lineno, raw[:-1] if raw.endswith("\r") else raw
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL] + "..."
+
+
 @dataclass
 class DatasetReport:
     n_examples: int = 0
@@ -40,7 +56,8 @@ class DatasetReport:
     def add(self, category: str, line: int, detail: str = "") -> None:
         self.errors[category].append(line)
         if detail and line not in self.details:
-            self.details[line] = detail
+            # details quote the client's data: bounded, so a huge value cannot make a huge error message
+            self.details[line] = detail if len(detail) <= MAX_DETAIL else detail[:MAX_DETAIL] + "..."
 
     def stats(self) -> dict[str, Any]:
         return {"n_examples": self.n_examples, "total_tokens": self.total_tokens, "max_tokens": self.max_tokens}
@@ -56,17 +73,24 @@ def check_chat_jsonl(
     """Check every line; collect every problem (not only the first). Raises ValidationError if any."""
     report = DatasetReport()
     try:
-        text = content.decode("utf-8")
+        text = content.decode("utf-8-sig")  # a leading byte order mark is not part of the first line
     except UnicodeDecodeError as e:
-        raise ValidationError(f"Invalid file format: the file is not UTF-8 text (byte {e.start})",
+        line = content.count(b"\n", 0, e.start) + 1
+        raise ValidationError(f"Invalid file format: the file is not UTF-8 text (line {line}, byte {e.start})",
                               param="file", code="invalid_file_format") from e
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    for lineno, raw in _lines(text):
         if not raw.strip():
             continue
         try:
             ex = json.loads(raw)
         except json.JSONDecodeError as e:
             report.add("invalid_json", lineno, e.msg)
+            continue
+        except RecursionError:  # the json module's nesting limit: a hostile line, not a server fault
+            report.add("too_deep", lineno)
+            continue
+        except ValueError as e:  # e.g. an integer of more than 4300 digits
+            report.add("invalid_json", lineno, str(e))
             continue
         report.n_examples += 1
         if not isinstance(ex, dict):
@@ -90,8 +114,8 @@ def check_chat_jsonl(
             if bad:
                 report.add("message_unrecognized_key", lineno, ", ".join(sorted(bad)))
                 ok = False
-            if m["role"] not in ROLES:
-                report.add("unrecognized_role", lineno, repr(m["role"]))
+            if not isinstance(m["role"], str) or m["role"] not in ROLES:  # a list or object is unhashable
+                report.add("unrecognized_role", lineno, _short(m["role"]))
                 ok = False
             c = m.get("content")
             if ("tool_calls" not in m and "function_call" not in m) and (not isinstance(c, str) or not c.strip()):
@@ -117,7 +141,7 @@ def check_chat_jsonl(
         if first:
             extra = f" (line {lines[0]}: {first})"
         problems.append(f"{CATEGORIES[category]} [{category}] on line(s) {shown}{extra}")
-    if report.n_examples < min_examples and not report.errors.get("invalid_json"):
+    if report.n_examples < min_examples and not (report.errors.get("invalid_json") or report.errors.get("too_deep")):
         problems.append(f"the file has {report.n_examples} example(s); at least {min_examples} are required "
                         "[too_few_examples]")
     if problems:

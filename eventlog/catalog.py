@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +38,44 @@ def local_model_path(model_dir: Path, model_id: str) -> Path:
     return model_dir / model_id
 
 
+class ModelPathError(ValueError):
+    """An `hf/<path>` model that names no folder this server may load from."""
+
+
+def model_roots(model_dir: Path) -> list[Path]:
+    """The folders `hf/<path>` models may come from: the model directory, and the folders listed in
+    TUNELOG_MODEL_ROOTS (separated by os.pathsep), symlinks resolved."""
+    extra = [p for p in os.environ.get("TUNELOG_MODEL_ROOTS", "").split(os.pathsep) if p.strip()]
+    return [Path(p).resolve() for p in [model_dir, *extra]]
+
+
+def hf_model_folder(model_dir: Path, model_id: str) -> Path:
+    """The folder an `hf/<path>` model names, confined to model_roots(): a relative path is taken from the
+    model directory; `..` and symlinks are resolved before the check, so neither leads outside. The same
+    answer whatever exists outside the roots (the message reveals nothing about the server's files)."""
+    raw = model_id[3:] if model_id.startswith("hf/") else model_id
+    outside = ModelPathError(
+        f"model {model_id!r}: hf/<path> must name a folder inside this server's model directory or one of "
+        "the folders in TUNELOG_MODEL_ROOTS (a relative path is taken from the model directory)")
+    if not raw or "\x00" in raw or len(raw) > 4096:
+        raise outside
+    try:
+        path = Path(raw)
+        if not path.is_absolute():
+            path = model_dir / path
+        resolved = path.resolve()
+    except (OSError, ValueError, RuntimeError):  # undecodable names, symlink loops
+        raise outside from None
+    if not any(resolved == root or resolved.is_relative_to(root) for root in model_roots(model_dir)):
+        raise outside
+    return resolved
+
+
 def model_path(model_dir: Path, model_id: str) -> Path:
-    """Where a trainable/servable base model's files are: `hf/<folder>` as given, a bundled one converted."""
+    """Where a trainable/servable base model's files are: `hf/<folder>` inside the model roots, a bundled
+    one converted. Training and serving both come here, so neither loads from outside the roots."""
     if model_id.startswith("hf/"):
-        return Path(model_id[3:])
+        return hf_model_folder(model_dir, model_id)
     return ensure_base_model(model_dir, model_id)
 
 
