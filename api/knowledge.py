@@ -17,7 +17,7 @@ from flask import Blueprint, g, jsonify, request
 from api.auth import require
 from api.common import Idempotent, append_and_respond, metadata, now, owned, page_limit, svc
 from api.openai_compat import clean_filename, query_arg, storable, valid_id
-from domain.errors import NotFound, PayloadTooLarge, ValidationError
+from domain.errors import DomainError, NotFound, PayloadTooLarge, ValidationError
 from domain.events import DocumentAdded, DocumentDeleted, document_stream
 from eventlog.store import NewEvent
 
@@ -68,6 +68,17 @@ def _too_long(filename: str, n: int | None = None) -> ValidationError:
                            "it into several documents", param="file", code="document_too_long")
 
 
+def _busy(message: str) -> DomainError:
+    """429 with Retry-After (api/limits.py answers it), or a plain 429 where that module is absent."""
+    try:
+        from api.limits import TooManyRequests
+    except ImportError:
+        error = DomainError(message, code="server_busy")
+        error.status = 429
+        return error
+    return TooManyRequests(message, retry_after=5, code="server_busy")
+
+
 def _read_pdf(filename: str, content: bytes, deadline: float, cancelled: threading.Event) -> str:
     """The PDF's text, page by page, within the bounds above (run in a thread of its own)."""
     from pypdf import PdfReader
@@ -100,11 +111,8 @@ def _read_pdf(filename: str, content: bytes, deadline: float, cancelled: threadi
 def extract_pdf(filename: str, content: bytes) -> str:
     """Read a PDF in a thread, waiting at most PDF_MAX_SECONDS: a PDF that takes longer is refused (400),
     and its thread stops at the next page (pypdf's tightened limits bound the work of one page)."""
-    from api.limits import TooManyRequests
-
     if not _pdf_slots.acquire(timeout=PDF_MAX_SECONDS):
-        raise TooManyRequests("the server is reading other PDFs at the moment; retry shortly", retry_after=5,
-                              code="server_busy")
+        raise _busy("the server is reading other PDFs at the moment; retry shortly")
     deadline = time.monotonic() + PDF_MAX_SECONDS
     cancelled = threading.Event()
     outcome: dict[str, Any] = {}
