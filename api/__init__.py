@@ -8,7 +8,7 @@ from flask import Flask
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    from api import admin, auth, chat, errors, health, knowledge, openai_compat, registry, web
+    from api import admin, auth, chat, errors, health, knowledge, limits, openai_compat, registry, web
     from eventlog import settings as settings_mod
     from eventlog.bootstrap import bootstrap
 
@@ -22,6 +22,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     health.register(app)
     auth.register(app)
     errors.register(app)
+    limits.register(app)  # after auth: rates are per API key
     app.register_blueprint(health.bp)
     app.register_blueprint(openai_compat.bp)
     app.register_blueprint(admin.bp)

@@ -4,11 +4,15 @@ from __future__ import annotations
 import os
 import sys
 
+from api.limits import web_threads
+
 
 def main() -> None:
     port = os.environ.get("TUNELOG_PORT", "8000")
     host = os.environ.get("TUNELOG_HOST", "127.0.0.1")
-    threads = os.environ.get("TUNELOG_WEB_THREADS", "16")
+    # Half of the threads at most serve long requests (chat generation, SSE: api/limits.py), so the
+    # other half always answer /healthz, auth and reads, whatever the long ones do.
+    threads = str(web_threads())
     args = ["gunicorn", "--workers", "1", "--threads", threads, "--worker-class", "gthread",
             "--bind", f"{host}:{port}", "--graceful-timeout", "5", "--timeout", "120",
             "--access-logfile", "-", "--no-control-socket",

@@ -6,16 +6,17 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from contextlib import ExitStack
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
 from api.auth import require
-from api.common import Idempotent, append_and_respond, json_body, metadata, now, owned, page_limit, svc
+from api.common import Idempotent, append_and_respond, fingerprint, json_body, metadata, now, owned, page_limit, svc
 from api.registry import ResolvedModel, resolve, settings_for
-from domain.errors import ValidationError
+from domain.errors import Conflict, IdempotencyMismatch, ValidationError
 from domain.events import ChatAnswered, FeedbackApproved, FeedbackGiven, chat_stream
-from eventlog.store import NewEvent
+from eventlog.store import AppendResult, Command, NewEvent
 
 bp = Blueprint("chat", __name__)
 
@@ -35,13 +36,17 @@ def _text(content: Any) -> str:
     return ""
 
 
-def parse_request(body: dict[str, Any]) -> dict[str, Any]:
+def parse_request(body: dict[str, Any], max_messages: int = 256, max_text_bytes: int = 64 * 1024) -> dict[str, Any]:
+    """The request, checked; the bounds on messages are checked first, before any work scales with them."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ValidationError("model is required (a model id or an alias such as 'tutor')", param="model")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ValidationError("messages must be a non-empty list", param="messages")
+    if len(messages) > max_messages:
+        raise ValidationError(f"messages has {len(messages)} items; the limit is {max_messages} messages",
+                              param="messages", code="array_above_max_length")
     clean = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant", "tool"):
@@ -52,6 +57,11 @@ def parse_request(body: dict[str, Any]) -> dict[str, Any]:
             raise ValidationError(f"messages[{i}].content must be a string or a list of parts",
                                   param=f"messages[{i}].content")
         clean.append({"role": "system" if m["role"] == "developer" else m["role"], "content": text})
+    size = sum(len(m["content"].encode()) for m in clean)
+    if size > max_text_bytes:
+        raise ValidationError(f"the messages hold {size} bytes of text; the limit is {max_text_bytes} bytes "
+                              f"({max_text_bytes // 1024} KiB) in all", param="messages",
+                              code="string_above_max_length")
     if not any(m["role"] == "user" for m in clean):
         raise ValidationError("messages need at least one user message", param="messages")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens", 256))
@@ -126,81 +136,216 @@ def _public_sources(sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "score": s["score"], "text": s["text"]} for s in sources]
 
 
+def check_context(server, base_model: str, prompt: list[dict[str, str]], max_tokens: int,
+                  cap: int | None) -> int:
+    """400 context_length_exceeded (OpenAI's code) unless the prompt as the model sees it (system prompt
+    and retrieved passages included) plus max_tokens fits the context window. Returns the prompt's tokens."""
+    window = server.context_window(base_model)
+    if cap:
+        window = min(window, cap)
+    n = server.count_prompt_tokens(base_model, prompt)
+    if n + max_tokens > window:
+        raise ValidationError(
+            f"This model's maximum context length is {window} tokens. However, you requested {n + max_tokens} "
+            f"tokens ({n} in the messages, {max_tokens} in the completion). Please reduce the length of the "
+            "messages or completion.", param="messages", code="context_length_exceeded")
+    return n
+
+
+class ChatCommand:
+    """Idempotency-Key for chat: the first answer is recorded with the command, so a retry generates and
+    appends nothing. The stored response holds the answer only where the project stores chat text
+    (privacy); otherwise only the chat id, and a retry gets 409 idempotent_replay_unavailable."""
+
+    def __init__(self, body: dict[str, Any]):
+        key = request.headers.get("Idempotency-Key")
+        self.command_id = f"{g.principal.key_id}:{key}" if key else None
+        # streamed or not, it is the same question: a retry may switch (the answer is replayed either way)
+        self.request_hash = fingerprint({k: v for k, v in body.items() if k not in ("stream", "stream_options")})
+
+    def lookup(self) -> dict[str, Any] | None:
+        if not self.command_id:
+            return None
+        row = svc().store.lookup_command(self.command_id)
+        if row is None:
+            return None
+        if row["request_hash"] != self.request_hash:
+            raise IdempotencyMismatch("this Idempotency-Key was already used with a different request",
+                                      param="Idempotency-Key")
+        return row["response"]
+
+    def command(self, chat_id: str, body: dict[str, Any] | None) -> Command | None:
+        if not self.command_id:
+            return None
+        return Command(self.command_id, self.request_hash, {"status": 200, "chat_id": chat_id, "body": body})
+
+
+def _replay(stored: dict[str, Any], stream: bool, include_usage: bool):
+    body = stored.get("body")
+    if body is None:
+        raise Conflict(f"this Idempotency-Key was already answered as {stored.get('chat_id')}, but this project "
+                       "does not store chat text, so the answer cannot be sent again; send a new "
+                       "Idempotency-Key to ask again", param="Idempotency-Key", code="idempotent_replay_unavailable")
+    headers = {"Idempotent-Replayed": "true"}
+    if not stream:
+        resp = jsonify(body)
+        resp.headers.update(headers)
+        return resp
+    extra = {k: body[k] for k in ("sources", "tunelog") if k in body}
+    choice = body["choices"][0]
+    sse = SSEChunks(body["id"], body["created"], body["model"])
+
+    def events():
+        yield sse.chunk({"role": "assistant", "content": ""}, **extra)
+        if choice["message"]["content"]:
+            yield sse.chunk({"content": choice["message"]["content"]})
+        yield sse.chunk({}, choice["finish_reason"])
+        if include_usage:
+            yield sse.usage(body["usage"])
+        yield "data: [DONE]\n\n"
+
+    return Response(events(), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
+
+
+class SSEChunks:
+    """chat.completion.chunk events of one completion."""
+
+    def __init__(self, chat_id: str, created: int, model: str):
+        self.head = {"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": model}
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None, **more: Any) -> str:
+        body = {**self.head, "system_fingerprint": None,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **more}
+        return f"data: {json.dumps(body)}\n\n"
+
+    def usage(self, usage: dict[str, int]) -> str:
+        return "data: " + json.dumps({**self.head, "choices": [], "usage": usage}) + "\n\n"
+
+
 def _record(resolved: ResolvedModel, req: dict[str, Any], chat_id: str, sources: list, gen, started: float,
-            created: int, principal, request_meta: dict[str, Any]) -> None:
+            created: int, principal, request_meta: dict[str, Any], cmd: ChatCommand,
+            body: dict[str, Any]) -> AppendResult:
+    """ChatAnswered (text only where the project stores it), with the idempotent command in the same append."""
     store_text = settings_for(principal.project).store_chat_text
     ev = ChatAnswered(
         id=chat_id, project=principal.project, model=resolved.id, alias=resolved.alias,
         chunk_ids=[s["chunk_id"] for s in sources], latency_ms=round((time.perf_counter() - started) * 1000, 1),
         prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens, created_at=created,
         messages=req["messages"] if store_text else None, answer=gen.text if store_text else None)
-    svc().store.append(chat_stream(chat_id), 0, [NewEvent(ev.type, ev.to_data(), request_meta)])
+    return svc().store.append(chat_stream(chat_id), 0, [NewEvent(ev.type, ev.to_data(), request_meta)],
+                              command=cmd.command(chat_id, body if store_text else None))
 
 
 @bp.post("/v1/chat/completions")
 def chat_completions():
+    """Bounded at every step (api/limits.py): rate per key (before this view), request size, one answer
+    per Idempotency-Key, slots per key and in all, the context window, the wait for the model, and the
+    generation's time; every slot is released in `finally` or when the response closes (client gone)."""
+    from api import limits
     from api.generation import Generation, server
 
     started = time.perf_counter()
     principal = g.principal
-    req = parse_request(json_body())
-    resolved = resolve(principal.project, req["model"])
-    query = next((m["content"] for m in reversed(req["messages"]) if m["role"] == "user"), "")
-    t_resolve = time.perf_counter()
-    sources = retrieve(principal.project, query, req["top_k"]) if req["retrieval"] and query.strip() else []
-    t_retrieve = time.perf_counter()
-    prompt = build_prompt(req["messages"], sources)
-    s = svc().settings
-    gen = Generation()
-    pieces = server(s.model_dir, s.data_dir).stream(
-        base_id=resolved.base_model, model_id=resolved.id, artifact_path=resolved.artifact_path, messages=prompt,
-        max_tokens=req["max_tokens"], temperature=req["temperature"], top_p=req["top_p"], seed=req["seed"],
-        result=gen)
-    chat_id = "chatcmpl-" + uuid.uuid4().hex[:24]
-    created = now()
-    meta = metadata(chat_id)
-    extra = {"sources": _public_sources(sources),
-             "tunelog": {"chat_id": chat_id, "model": resolved.id, "alias": resolved.alias,
-                         "retrieval": req["retrieval"]}}
-    if not req["stream"]:
-        text = "".join(pieces)
-        t_generate = time.perf_counter()
-        _record(resolved, req, chat_id, sources, gen, started, created, principal, meta)
-        timing = (f"parse;dur={(t_resolve - started) * 1000:.1f}, "
-                  f"retrieval;dur={(t_retrieve - t_resolve) * 1000:.1f}, "
-                  f"generation;dur={(t_generate - t_retrieve) * 1000:.1f}, "
-                  f"record;dur={(time.perf_counter() - t_generate) * 1000:.1f}")
-        resp = jsonify({
+    lim = limits.limits()
+    body = json_body()
+    req = parse_request(body, max_messages=lim.max_messages, max_text_bytes=lim.max_text_bytes)
+    cmd = ChatCommand(body)
+    prior = cmd.lookup()
+    if prior is not None:
+        return _replay(prior, req["stream"], req["include_usage"])
+    cleanup = ExitStack()  # released in reverse: the model, the slots, the Idempotency-Key's claim
+    try:
+        if cmd.command_id:
+            cleanup.callback(limits.claim(cmd.command_id, "a request with this Idempotency-Key is still being "
+                                                          "answered; retry when it has finished").release)
+            prior = cmd.lookup()  # the first one may have finished between the lookup and the claim
+            if prior is not None:
+                cleanup.close()
+                return _replay(prior, req["stream"], req["include_usage"])
+        resolved = resolve(principal.project, req["model"])
+        s = svc().settings
+        model_server = server(s.model_dir, s.data_dir)
+        # the prompt without passages is a lower bound: refuse what cannot fit before any retrieval
+        check_context(model_server, resolved.base_model, build_prompt(req["messages"], []), req["max_tokens"],
+                      lim.context_tokens)
+        cleanup.callback(limits.acquire("chat").release)
+        query = next((m["content"] for m in reversed(req["messages"]) if m["role"] == "user"), "")
+        t_resolve = time.perf_counter()
+        sources = retrieve(principal.project, query, req["top_k"]) if req["retrieval"] and query.strip() else []
+        t_retrieve = time.perf_counter()
+        prompt = build_prompt(req["messages"], sources)
+        if sources:  # now exactly, passages included
+            check_context(model_server, resolved.base_model, prompt, req["max_tokens"], lim.context_tokens)
+        gen = Generation()
+        pieces = model_server.stream(
+            base_id=resolved.base_model, model_id=resolved.id, artifact_path=resolved.artifact_path,
+            messages=prompt, max_tokens=req["max_tokens"], temperature=req["temperature"], top_p=req["top_p"],
+            seed=req["seed"], result=gen, queue_timeout=lim.queue_seconds, time_limit=lim.generation_seconds)
+        cleanup.callback(pieces.close)
+        chat_id = "chatcmpl-" + uuid.uuid4().hex[:24]
+        created = now()
+        meta = metadata(chat_id)
+        extra = {"sources": _public_sources(sources),
+                 "tunelog": {"chat_id": chat_id, "model": resolved.id, "alias": resolved.alias,
+                             "retrieval": req["retrieval"]}}
+        gone = limits.disconnect_probe()
+    except BaseException:
+        cleanup.close()
+        raise
+
+    def completion(text: str) -> dict[str, Any]:
+        return {
             "id": chat_id, "object": "chat.completion", "created": created, "model": resolved.id,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
                          "logprobs": None, "finish_reason": gen.finish_reason}],
             "usage": {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
                       "total_tokens": gen.prompt_tokens + gen.completion_tokens},
-            "system_fingerprint": None, **extra})
+            "system_fingerprint": None, **extra}
+
+    if not req["stream"]:
+        with cleanup:
+            parts = []
+            for piece in pieces:
+                parts.append(piece)
+                if gone():  # nobody will read the answer: stop generating, record nothing (as when streaming)
+                    return Response(status=499)
+            text = "".join(parts)
+            t_generate = time.perf_counter()
+            out = completion(text)
+            result = _record(resolved, req, chat_id, sources, gen, started, created, principal, meta, cmd, out)
+        if result.duplicate and result.response is not None:  # a twin in another process won the race
+            return _replay(result.response, False, False)
+        timing = (f"parse;dur={(t_resolve - started) * 1000:.1f}, "
+                  f"retrieval;dur={(t_retrieve - t_resolve) * 1000:.1f}, "
+                  f"generation;dur={(t_generate - t_retrieve) * 1000:.1f}, "
+                  f"record;dur={(time.perf_counter() - t_generate) * 1000:.1f}")
+        resp = jsonify(out)
         resp.headers["Server-Timing"] = timing
         return resp
 
-    def chunk(delta: dict[str, Any], finish: str | None = None, **more: Any) -> str:
-        body = {"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": resolved.id,
-                "system_fingerprint": None,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **more}
-        return f"data: {json.dumps(body)}\n\n"
+    sse = SSEChunks(chat_id, created, resolved.id)
 
     def events():
-        yield chunk({"role": "assistant", "content": ""}, **extra)
-        for piece in pieces:
-            yield chunk({"content": piece})
-        yield chunk({}, gen.finish_reason)
-        usage = {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
-                 "total_tokens": gen.prompt_tokens + gen.completion_tokens}
-        if req["include_usage"]:
-            yield ("data: " + json.dumps({"id": chat_id, "object": "chat.completion.chunk", "created": created,
-                                          "model": resolved.id, "choices": [], "usage": usage}) + "\n\n")
-        _record(resolved, req, chat_id, sources, gen, started, created, principal, meta)
-        yield "data: [DONE]\n\n"
+        try:
+            yield sse.chunk({"role": "assistant", "content": ""}, **extra)
+            for piece in pieces:
+                yield sse.chunk({"content": piece})
+                if gone():
+                    return
+            yield sse.chunk({}, gen.finish_reason)
+            out = completion(gen.text)
+            if req["include_usage"]:
+                yield sse.usage(out["usage"])
+            _record(resolved, req, chat_id, sources, gen, started, created, principal, meta, cmd, out)
+            yield "data: [DONE]\n\n"
+        finally:  # also when the client goes away mid-stream (the generator is closed)
+            cleanup.close()
 
-    return Response(stream_with_context(events()), mimetype="text/event-stream",
+    resp = Response(stream_with_context(events()), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    resp.call_on_close(cleanup.close)  # a stream closed before its first chunk never ran events()
+    return resp
 
 
 # ---- who answered what, feedback, datasets from feedback --------------------------------------------------

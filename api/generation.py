@@ -2,13 +2,30 @@
 first use and kept (several adapters share one base, switched per request)."""
 from __future__ import annotations
 
+import importlib
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+
+def _from_transformers(*names: str) -> list[Any]:
+    """`from transformers import names`, waiting out another thread's first import of transformers (the
+    preload thread's, or sentence-transformers'): while that runs, transformers' lazy module answers
+    ImportError for names it has not set up yet, instead of blocking until it has."""
+    for attempt in range(100):
+        try:
+            module = importlib.import_module("transformers")
+            return [getattr(module, n) for n in names]
+        except (ImportError, AttributeError):
+            if attempt == 99:
+                raise
+            time.sleep(0.1)
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -29,13 +46,52 @@ class _Loaded:
 
 
 class _Stop:
-    """StoppingCriteria: ends a generation whose client went away."""
+    """StoppingCriteria: ends a generation whose client went away, or that ran past its time limit."""
 
-    def __init__(self) -> None:
+    def __init__(self, time_limit: float | None = None) -> None:
         self.stop = threading.Event()
+        self.time_limit = time_limit
+        self.deadline: float | None = None
+        self.timed_out = False
+
+    def start(self) -> None:
+        if self.time_limit is not None:
+            self.deadline = time.monotonic() + self.time_limit
 
     def __call__(self, input_ids, scores, **kwargs) -> bool:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.timed_out = True
+            return True
         return self.stop.is_set()
+
+
+class Run:
+    """The text pieces of one generation. It holds the model (one generation at a time) from its start
+    until it is exhausted or closed: close it in a `finally` (or a response's call_on_close), including
+    when it was never iterated. Closing early stops the generation at the next token."""
+
+    def __init__(self, pieces: Generator[str, None, None], release: Callable[[], None]):
+        self._pieces = pieces
+        self._release: Callable[[], None] | None = release
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._pieces)
+        except BaseException:  # exhausted or failed: either way the model is free again
+            self.close()
+            raise
+
+    def close(self) -> None:
+        release, self._release = self._release, None
+        if release is None:
+            return
+        try:
+            self._pieces.close()  # runs the generator's finally: stop, wait for the generate thread
+        finally:
+            release()
 
 
 class ModelServer:
@@ -44,6 +100,8 @@ class ModelServer:
         self.data_dir = data_dir
         self._bases: dict[str, _Loaded] = {}
         self._load_lock = threading.Lock()
+        self._counters: dict[str, tuple[Any, int]] = {}
+        self._count_lock = threading.Lock()
         self._gen_lock = threading.Lock()  # one generation at a time: torch already uses every core
         # Generations run on one long-lived thread (not a new thread per request): torch's OpenMP pool
         # is per calling thread, and keeping it warm keeps generate as fast as in a plain script.
@@ -54,7 +112,7 @@ class ModelServer:
             loaded = self._bases.get(base_id)
             if loaded is None:
                 import torch
-                from transformers import AutoModelForCausalLM, AutoTokenizer
+                AutoModelForCausalLM, AutoTokenizer = _from_transformers("AutoModelForCausalLM", "AutoTokenizer")
 
                 from eventlog.catalog import model_path
 
@@ -95,12 +153,42 @@ class ModelServer:
     def tokenizer(self, base_id: str):
         return self._base(base_id).tokenizer
 
+    def _counter(self, base_id: str) -> tuple[Any, int]:
+        """(tokenizer, context window) from the model's folder, without loading its weights: requests are
+        measured at once, even while the model itself is still loading. Call with _count_lock held."""
+        hit = self._counters.get(base_id)
+        if hit is None:
+            from eventlog.catalog import model_path
+
+            AutoConfig, AutoTokenizer = _from_transformers("AutoConfig", "AutoTokenizer")
+            path = model_path(self.model_dir, base_id)
+            window = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None) or 2048
+            hit = self._counters[base_id] = (AutoTokenizer.from_pretrained(path), int(window))
+        return hit
+
+    def context_window(self, base_id: str) -> int:
+        """The most tokens (prompt and completion together) the base model was trained to attend over."""
+        with self._count_lock:
+            return self._counter(base_id)[1]
+
+    def count_prompt_tokens(self, base_id: str, messages: list[dict[str, str]]) -> int:
+        """Tokens of the prompt exactly as stream() builds it (chat template and generation prompt)."""
+        with self._count_lock:  # one tokenizer of its own, used by one thread at a time
+            tok = self._counter(base_id)[0]
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return len(tok(text, add_special_tokens=False)["input_ids"])
+
     def stream(self, *, base_id: str, model_id: str, artifact_path: str | None, messages: list[dict[str, str]],
-               max_tokens: int, temperature: float, top_p: float, seed: int | None, result: Generation
-               ) -> Iterator[str]:
-        """Yield text pieces as they are generated; `result` holds the token counts when done."""
+               max_tokens: int, temperature: float, top_p: float, seed: int | None, result: Generation,
+               queue_timeout: float | None = None, time_limit: float | None = None) -> Run:
+        """Wait for the model (at most `queue_timeout` seconds, then 429 model_busy), and return the Run
+        that yields text pieces as they are generated; `result` holds the token counts when done. A
+        generation running past `time_limit` seconds is stopped (finish_reason "length")."""
         import torch
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
+        StoppingCriteriaList, TextIteratorStreamer = _from_transformers(
+            "StoppingCriteriaList", "TextIteratorStreamer")
+
+        from api.limits import TooManyRequests
 
         loaded = self._base(base_id)
         adapter = self._with_adapter(loaded, model_id, artifact_path) if artifact_path else None
@@ -109,7 +197,7 @@ class ModelServer:
         inputs = tok(text, return_tensors="pt", add_special_tokens=False).to(loaded.model.device)
         result.prompt_tokens = int(inputs["input_ids"].shape[1])
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=120)
-        stopper = _Stop()
+        stopper = _Stop(time_limit)
         kwargs: dict[str, Any] = dict(**inputs, max_new_tokens=max_tokens, streamer=streamer,
                                       stopping_criteria=StoppingCriteriaList([stopper]),
                                       pad_token_id=tok.pad_token_id or tok.eos_token_id)
@@ -130,20 +218,21 @@ class ModelServer:
                 else:  # the base model: bypass any adapter loaded on it
                     has_adapters = hasattr(model, "disable_adapter") and loaded.adapters
                     ctx = model.disable_adapter() if has_adapters else nullcontext()
+                stopper.start()
                 with ctx, torch.inference_mode():
                     holder["out"] = model.generate(**kwargs)
             except BaseException as e:  # surfaced to the caller below
                 holder["error"] = e
                 streamer.on_finalized_text("", stream_end=True)
 
-        self._gen_lock.acquire()
-        try:
+        def pieces() -> Generator[str, None, None]:
+            # Submitted on the first piece asked for: a Run closed before that never starts generating.
             future = self._executor.submit(run)
-            pieces = []
+            text_pieces = []
             try:
                 for piece in streamer:
                     if piece:
-                        pieces.append(piece)
+                        text_pieces.append(piece)
                         yield piece
             finally:
                 stopper.stop.set()  # a consumer that stops early (client gone) ends the generation
@@ -152,10 +241,15 @@ class ModelServer:
                 raise holder["error"]
             out = holder["out"]
             result.completion_tokens = int(out.shape[1]) - result.prompt_tokens
-            result.text = "".join(pieces)
-            result.finish_reason = "length" if result.completion_tokens >= max_tokens else "stop"
-        finally:
-            self._gen_lock.release()
+            result.text = "".join(text_pieces)
+            result.finish_reason = ("length" if result.completion_tokens >= max_tokens or stopper.timed_out
+                                    else "stop")
+
+        # A bounded wait: the queue for the model never holds a request thread for longer than this.
+        if not self._gen_lock.acquire(timeout=-1 if queue_timeout is None else queue_timeout):
+            raise TooManyRequests(f"the model is busy: no generation slot came free within {queue_timeout:g} s; "
+                                  "retry shortly", retry_after=5, code="model_busy")
+        return Run(pieces(), self._gen_lock.release)
 
 
 _server: ModelServer | None = None
