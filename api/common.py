@@ -42,7 +42,12 @@ def metadata(correlation_id: str | None = None) -> dict[str, Any]:
 
 
 def json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
+    """The request's JSON object. Anything else (not JSON, too deeply nested to parse, not an object) is
+    a 400: Flask's own parser only catches ValueError, and a deep nesting raises RecursionError."""
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        raise ValidationError("the request body is nested too deeply", param=None) from None
     if not isinstance(body, dict):
         raise ValidationError("the request body must be a JSON object", param=None)
     return body

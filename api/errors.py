@@ -59,6 +59,17 @@ def register(app: Flask) -> None:
     def _redis(e):
         return _unavailable("queue_unavailable", "the job queue (Redis) is unreachable; try again shortly")
 
+    @app.errorhandler(psycopg.DataError)
+    @app.errorhandler(UnicodeEncodeError)
+    def _bad_text(e):
+        # NUL bytes and unpaired surrogates cannot be stored or compared as text: the input's fault
+        return error_response(400, "invalid_characters", "the request contains characters that are not allowed "
+                              "in text (a NUL byte or an unpaired surrogate)")
+
+    @app.errorhandler(RecursionError)
+    def _too_deep(e):
+        return error_response(400, "invalid_request_error", "the request is nested too deeply")
+
     @app.errorhandler(Exception)
     def _unexpected(e: Exception):
         log.exception("unhandled error")

@@ -24,11 +24,12 @@ def _int_or_auto(name: str, value: Any, lo: int, hi: int) -> int | Auto:
 def _float_or_auto(name: str, value: Any, lo: float, hi: float) -> float | Auto:
     if value is None or value == "auto":
         return "auto"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not math.isfinite(value)):
         raise ValidationError(f"{name} must be a number greater than {lo} and at most {hi} or \"auto\", "
-                              f"got {value!r}", param=f"hyperparameters.{name}")
-    if not lo < value <= hi:
-        raise ValidationError(f"{name} must be greater than {lo} and at most {hi}, got {value}",
+                              f"got {str(value)[:40]!r}", param=f"hyperparameters.{name}")
+    if not lo < value <= hi:  # (an int of any size compares fine; math.isfinite would overflow on it)
+        raise ValidationError(f"{name} must be greater than {lo} and at most {hi}, got {str(value)[:40]}",
                               param=f"hyperparameters.{name}")
     return float(value)
 

@@ -34,6 +34,7 @@ log = logging.getLogger("tunelog.dispatcher")
 TRAINING_TIMEOUT = 24 * 3600  # explicit: RQ's default of 180 s would kill any real training run
 INDEXING_TIMEOUT = 3600
 ADVISORY_KEY = 0x7475_6E65  # "tune"
+RQ_HEARTBEAT_STALE = 120.0  # seconds without RQ's own job heartbeat (every 30 s while a horse runs)
 
 
 def _dead_local(worker: str) -> bool:
@@ -82,8 +83,12 @@ class Dispatcher:
         try:
             existing = Job.fetch(rid, connection=self.redis)
             status = existing.get_status(refresh=True)
-            stale_start = (status == "started" and existing.started_at is not None and
-                           time.time() - existing.started_at.timestamp() > 2 * self.svc.settings.lease_seconds)
+            # A started RQ job whose worker stopped heartbeating it (RQ beats every job_monitoring_interval,
+            # 30 s) is gone with its worker: enqueue again. A slow but live one is left alone (a start time
+            # alone said nothing: an indexing that took 10 s was enqueued twice and raced itself).
+            beat = existing.last_heartbeat or existing.started_at
+            stale_start = (status == "started" and beat is not None and
+                           time.time() - beat.timestamp() > RQ_HEARTBEAT_STALE)
             if status in ("queued", "started", "deferred", "scheduled") and not stale_start:
                 return False
             existing.delete()
