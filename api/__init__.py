@@ -12,9 +12,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from eventlog import settings as settings_mod
     from eventlog.bootstrap import bootstrap
 
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the UI's files are served by api/web under /ui/
     s = (test_config or {}).get("settings") or settings_mod.load()
-    app.extensions["tunelog"] = bootstrap(s, pool_size=16)
+    # a connection for every request thread (they are held briefly, but a pool smaller than the thread
+    # count makes requests queue for one under load)
+    app.extensions["tunelog"] = bootstrap(s, pool_size=limits.web_threads())
     # Werkzeug refuses larger bodies with 413 before we read them; multipart adds a little overhead.
     app.config["MAX_CONTENT_LENGTH"] = s.max_upload_bytes + 64 * 1024
     app.config["TUNELOG_MAX_UPLOAD_BYTES"] = s.max_upload_bytes

@@ -25,6 +25,8 @@ SYSTEM_PROMPT = (
     "understanding with a short question, encourage the student, and never invent facts about the school."
 )
 MAX_TOKENS_LIMIT = 2048
+FEEDBACK_MAX_CHARS = 16_000  # a comment or a corrected answer
+FEEDBACK_MAX_MESSAGES = 64  # the conversation a correction carries
 
 
 def _text(content: Any) -> str:
@@ -379,9 +381,13 @@ def give_feedback():
     corrected = body.get("corrected_answer")
     if corrected is not None and (not isinstance(corrected, str) or not corrected.strip()):
         raise ValidationError("corrected_answer must be non-empty text", param="corrected_answer")
+    if corrected is not None and len(corrected) > FEEDBACK_MAX_CHARS:
+        raise ValidationError(f"corrected_answer is over {FEEDBACK_MAX_CHARS} characters", param="corrected_answer")
     comment = body.get("comment")
     if comment is not None and not isinstance(comment, str):
         raise ValidationError("comment must be text", param="comment")
+    if comment is not None and len(comment) > FEEDBACK_MAX_CHARS:
+        raise ValidationError(f"comment is over {FEEDBACK_MAX_CHARS} characters", param="comment")
     messages = answer["messages"]
     if corrected and messages is None:
         messages = body.get("messages")
@@ -389,12 +395,16 @@ def give_feedback():
                 not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)):
             raise ValidationError("this project does not store chat text, so a correction must carry the "
                                   "conversation it corrects in 'messages'", param="messages")
+        if len(messages) > FEEDBACK_MAX_MESSAGES or sum(len(m["content"]) for m in messages) > 4 * FEEDBACK_MAX_CHARS:
+            raise ValidationError(f"messages may hold at most {FEEDBACK_MAX_MESSAGES} messages and "
+                                  f"{4 * FEEDBACK_MAX_CHARS} characters", param="messages")
         messages = [{"role": m.get("role"), "content": m["content"]} for m in messages]
     idem = Idempotent(body)
     fid = "fb-" + uuid.uuid4().hex[:20]
     ev = FeedbackGiven(id=fid, chat_id=chat_id, project=p.project, rating=rating, comment=comment,
                        corrected_answer=corrected, messages=messages if corrected else None,
-                       approved=bool(corrected) and p.role in ("admin", "trainer"), actor=p.key_id, at=now())
+                       approved=bool(corrected) and (p.role in ("admin", "trainer") or p.operator), actor=p.key_id,
+                       at=now())
     out = {"object": "chat.feedback", **ev.to_data()}
     return append_and_respond(idem, 201, out, lambda cmd: svc().store.append(
         chat_stream(chat_id), None, [NewEvent(ev.type, ev.to_data(), metadata(chat_id))], command=cmd))

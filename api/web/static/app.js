@@ -74,12 +74,13 @@ async function readSSE(res, onEvent, signal) {
     while ((idx = buf.indexOf("\n\n")) >= 0) {
       const block = buf.slice(0, idx);
       buf = buf.slice(idx + 2);
-      let event = "message", data = "";
+      let event = "message", data = "", id = null;
       for (const line of block.split("\n")) {
         if (line.startsWith("event:")) event = line.slice(6).trim();
         else if (line.startsWith("data:")) data += line.slice(5).trim();
+        else if (line.startsWith("id:")) id = line.slice(3).trim();
       }
-      if (data) onEvent(event, data);
+      if (data) onEvent(event, data, id);
     }
   }
 }
@@ -208,10 +209,19 @@ async function openJob(id) {
     .then((j) => { if (state.jobStream === ctrl) showJobInfo(j); })
     .catch((e) => { if (e.name !== "AbortError") showError(e.message); });
   refreshInfo();
+  // The server ends a stream after its maximum duration with a `reconnect` event: open it again and
+  // resume after the last event seen (Last-Event-ID), as EventSource would; `error`: the key was revoked.
+  let lastId = null;
   try {
-    const res = await api(`/api/jobs/${path}/stream`, { signal: ctrl.signal });
-    await readSSE(res, (event, data) => {
+    for (let again = true; again && !ctrl.signal.aborted;) {
+      again = false;
+      const res = await api(`/api/jobs/${path}/stream`,
+        { signal: ctrl.signal, headers: lastId ? { "Last-Event-ID": lastId } : {} });
+      await readSSE(res, (event, data, id) => {
+      if (id) lastId = id;
       const e = JSON.parse(data);
+      if (event === "reconnect") { again = true; return; }
+      if (event === "error") { showError(e.error ? String(e.error.message) : "the stream ended"); return; }
       $("#job-status").textContent = e.status;
       $("#job-status").className = "status-" + e.status;
       if (event === "end") { refreshInfo(); return; }
@@ -223,7 +233,8 @@ async function openJob(id) {
         $("#job-loss").textContent = fmtNum(e.data.train_loss, 4) || "–";
         drawChart(points);
       }
-    }, ctrl.signal);
+      }, ctrl.signal);
+    }
   } catch (e) { if (e.name !== "AbortError") showError(e.message); }
 }
 
