@@ -18,7 +18,7 @@ from api.common import Idempotent, append_and_respond, json_body, metadata, now,
 from domain.configs import parse_method
 from domain.datasets import check_chat_jsonl
 from domain.errors import ConcurrencyConflict, Conflict, NotFound, PayloadTooLarge, ValidationError
-from domain.events import FileDeleted, FileUploaded, JobCreated, file_stream, job_stream
+from domain.events import FileDeleted, FileUploaded, JobCreated, file_stream, job_stream, upcast
 from domain.jobs import JobState, evolve, fold
 from eventlog.catalog import BASE_MODELS, ModelPathError, hf_model_folder
 from eventlog.store import NewEvent
@@ -410,7 +410,11 @@ def job_events(job_id: str):
     params.append(limit + 1)
     with svc().pool.connection() as c:
         rows = c.execute(sql, params).fetchall()
-    return jsonify({"object": "list", "data": [event_object(r) for r in rows[:limit]], "has_more": len(rows) > limit})
+    data = []
+    for r in rows[:limit]:  # upcast on read, like every reader of the log
+        type_, payload = upcast(r["type"], r["data"])
+        data.append(event_object({**r, "type": type_, "data": payload}))
+    return jsonify({"object": "list", "data": data, "has_more": len(rows) > limit})
 
 
 @bp.get("/fine_tuning/jobs/<job_id>/checkpoints")
