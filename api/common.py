@@ -50,6 +50,11 @@ def json_body() -> dict[str, Any]:
         raise ValidationError("the request body is nested too deeply", param=None) from None
     if not isinstance(body, dict):
         raise ValidationError("the request body must be a JSON object", param=None)
+    try:  # "\ud800" is valid JSON but no text: it could be neither stored nor compared
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("the request body contains an unpaired surrogate (\\ud800-\\udfff), which is not "
+                              "text", param=None, code="invalid_characters") from None
     return body
 
 

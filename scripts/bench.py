@@ -513,8 +513,9 @@ def bench_api(server: str, redis_url: str, tmp: Path, seconds: int) -> None:
     try:
         stack.wait_healthy()
         k = stack.admin_key
-        fid = stack.http("POST", "/v1/files", k, files={"file": ("t.jsonl", (ROOT / "tests/data/tiny_train.jsonl")
-                                                                 .read_bytes())}, data={"purpose": "fine-tune"}).json()["id"]
+        tiny = (ROOT / "tests/data/tiny_train.jsonl").read_bytes()
+        fid = stack.http("POST", "/v1/files", k, files={"file": ("t.jsonl", tiny)},
+                         data={"purpose": "fine-tune"}).json()["id"]
         job = stack.http("POST", "/v1/fine_tuning/jobs", k, json={"model": "smollm2-135m-instruct",
                                                                   "training_file": fid}).json()
         stack.http("POST", f"/v1/fine_tuning/jobs/{job['id']}/cancel", k)
@@ -538,8 +539,8 @@ def bench_api(server: str, redis_url: str, tmp: Path, seconds: int) -> None:
         finally:
             bare.terminate()
             bare.wait(10)
-        report("GET /v1/fine_tuning/jobs/{id}, 16 conns", ours["rps"], base["rps"], "req/s", "bare Flask route, same gunicorn",
-               ">= 0.5x")
+        report("GET /v1/fine_tuning/jobs/{id}, 16 conns", ours["rps"], base["rps"], "req/s",
+               "bare Flask route, same gunicorn", ">= 0.5x")
         report("  p99 of the same", ours["p99"], base["p99"], "ms", "bare Flask route p99", "<= 15 ms",
                higher_is_better=False)
         report("GET /healthz, 16 conns", health["rps"], base["rps"], "req/s", "bare Flask route, same gunicorn", "-")

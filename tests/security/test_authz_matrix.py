@@ -196,9 +196,6 @@ TABLE: list[Route] = [
     Route("GET", "/healthz", ALL_200, lambda p: "/healthz"),
     Route("GET", "/metrics", ALL_200, lambda p: "/metrics"),
     Route("GET", "/openapi.json", ALL_200, lambda p: "/openapi.json"),
-    # Flask's own static route: there is no api/static folder, so it serves nothing (behind auth)
-    Route("GET", "/static/<path:filename>", "401 | 404 404 | 404 404 | 404 404 | 404 404",
-          lambda p: "/static/style.css"),
     # ---- files
     Route("POST", "/v1/files", "401 | 403 403 | 200 200 | 200 200 | 200 200",
           lambda p: _body("/v1/files", files={"file": ("m.jsonl", GOOD)}, data={"purpose": "fine-tune"})),
