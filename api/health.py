@@ -1,10 +1,11 @@
 """/healthz (no auth), /metrics (Prometheus), /openapi.json."""
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
-from flask import Blueprint, Flask, Response, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from api.common import svc
@@ -19,12 +20,30 @@ LATENCY = Histogram("tunelog_http_request_seconds", "HTTP request latency", ["me
 PART_STALE_SECONDS = 15  # a part whose heartbeat is older than this is reported "stale"
 
 
+HEALTH_CACHE_SECONDS = 1.0
+_health_lock = threading.Lock()
+
+
 @bp.get("/healthz")
 def healthz():
     """Postgres and Redis (503 with Retry-After when either is unreachable), and every part of the
     service from its heartbeat: projector (with its lag behind the log and parked events), dispatcher,
     and the workers of each queue. A missing part makes the status "degraded", not 503: the API itself
-    still answers."""
+    still answers. Computed at most once a second: a load balancer polling hard costs no more."""
+    ext = current_app.extensions
+    with _health_lock:
+        cached = ext.get("tunelog.health")
+        if cached is None or time.monotonic() - cached[0] > HEALTH_CACHE_SECONDS:
+            cached = (time.monotonic(), *_check())
+            ext["tunelog.health"] = cached
+        _, body, ok = cached
+    resp = jsonify(body)
+    if not ok:
+        resp.headers["Retry-After"] = "5"
+    return resp, 200 if ok else 503
+
+
+def _check() -> tuple[dict[str, Any], bool]:
     checks: dict[str, Any] = {}
     parts: dict[str, Any] = {}
     try:
@@ -55,10 +74,7 @@ def healthz():
         checks["redis"] = f"unreachable: {type(e).__name__}"
     ok = all(v == "ok" for v in checks.values())
     status = "ok" if ok and all(p["status"] == "ok" for p in parts.values()) else ("degraded" if ok else "unavailable")
-    resp = jsonify({"status": status, **checks, "parts": parts})
-    if not ok:
-        resp.headers["Retry-After"] = "5"
-    return resp, 200 if ok else 503
+    return {"status": status, **checks, "parts": parts}, ok
 
 
 PARKED = Gauge("tunelog_projection_parked_events", "Events a projection could not apply and parked (dead letters)",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
@@ -17,13 +17,22 @@ from eventlog.store import EventStore
 class Services:
     settings: Settings
     store: EventStore
+    _redis: redis.Redis | None = field(default=None, repr=False, compare=False)
 
     @property
     def pool(self):
         return self.store.pool
 
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        """A client on this process's connection pool (a new client per call would open a connection per
+        call); a broken pooled connection is dropped and replaced by redis-py itself."""
+        client = self._redis
+        if client is None or client.pid != os.getpid():
+            client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
+                                          health_check_interval=30)
+            client.pid = os.getpid()  # type: ignore[attr-defined]
+            self._redis = client
+        return client
 
 
 _services: dict[tuple[int, Settings | None], Services] = {}

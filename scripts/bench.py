@@ -187,6 +187,8 @@ def start_stack(server: str, redis_url: str, data: Path, db: str):
     env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": redis_url, "TUNELOG_DATA_DIR": str(data),
            "TUNELOG_MODEL_DIR": str(ROOT / ".data" / "models"), "TUNELOG_PORT": str(port),
            "TUNELOG_TRAINING_QUEUE": "cpu", "PYTHONUNBUFFERED": "1",
+           # rate limits measure the read path, not the limiter's refusals (429s are cheaper than reads)
+           "TUNELOG_RATE_LIMIT_DEFAULT": "100000000/minute", "TUNELOG_RATE_LIMIT_CHAT": "100000/minute",
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     stack = Stack(env=env, data_dir=data, port=port)
     stack.admin_key = "tl-bench-" + uuid.uuid4().hex
