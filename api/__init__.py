@@ -8,10 +8,14 @@ from flask import Flask
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    import logging
+
     from api import admin, auth, chat, errors, health, knowledge, limits, openai_compat, registry, web
     from eventlog import settings as settings_mod
     from eventlog.bootstrap import bootstrap
 
+    if not logging.getLogger().handlers:  # under gunicorn nothing configures it: tracebacks would be lost
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = Flask(__name__, static_folder=None)  # the UI's files are served by api/web under /ui/
     s = (test_config or {}).get("settings") or settings_mod.load()
     # a connection for every request thread (they are held briefly, but a pool smaller than the thread

@@ -184,14 +184,32 @@ class ModelServer:
         """Wait for the model (at most `queue_timeout` seconds, then 429 model_busy), and return the Run
         that yields text pieces as they are generated; `result` holds the token counts when done. A
         generation running past `time_limit` seconds is stopped (finish_reason "length")."""
+        from api.limits import TooManyRequests
+
+        # A bounded wait: the queue for the model never holds a request thread for longer than this. Taken
+        # before anything touches the model: the generating thread's streamer decodes with the same (Rust)
+        # tokenizer, and two threads in it at once fail with "Already borrowed" (seen under load as a 500);
+        # loading an adapter changes the model under a running generation.
+        if not self._gen_lock.acquire(timeout=-1 if queue_timeout is None else queue_timeout):
+            raise TooManyRequests(f"the model is busy: no generation slot came free within {queue_timeout:g} s; "
+                                  "retry shortly", retry_after=5, code="model_busy")
+        try:
+            loaded = self._base(base_id)
+            adapter = self._with_adapter(loaded, model_id, artifact_path) if artifact_path else None
+            return Run(self._pieces(loaded, adapter, messages, max_tokens, temperature, top_p, seed, result,
+                                    time_limit), self._gen_lock.release)
+        except BaseException:
+            self._gen_lock.release()
+            raise
+
+    def _pieces(self, loaded: _Loaded, adapter: str | None, messages: list[dict[str, str]], max_tokens: int,
+                temperature: float, top_p: float, seed: int | None, result: Generation,
+                time_limit: float | None) -> Generator[str, None, None]:
+        """Prepare one generation (called with the model's lock held) and return its piece generator."""
         import torch
         StoppingCriteriaList, TextIteratorStreamer = _from_transformers(
             "StoppingCriteriaList", "TextIteratorStreamer")
 
-        from api.limits import TooManyRequests
-
-        loaded = self._base(base_id)
-        adapter = self._with_adapter(loaded, model_id, artifact_path) if artifact_path else None
         tok = loaded.tokenizer
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         inputs = tok(text, return_tensors="pt", add_special_tokens=False).to(loaded.model.device)
@@ -245,11 +263,7 @@ class ModelServer:
             result.finish_reason = ("length" if result.completion_tokens >= max_tokens or stopper.timed_out
                                     else "stop")
 
-        # A bounded wait: the queue for the model never holds a request thread for longer than this.
-        if not self._gen_lock.acquire(timeout=-1 if queue_timeout is None else queue_timeout):
-            raise TooManyRequests(f"the model is busy: no generation slot came free within {queue_timeout:g} s; "
-                                  "retry shortly", retry_after=5, code="model_busy")
-        return Run(pieces(), self._gen_lock.release)
+        return pieces()
 
 
 _server: ModelServer | None = None

@@ -1,13 +1,16 @@
 """The SSE feed of a job's events (GET /api/jobs/<id>/stream), bounded (api/limits.py): a few open
 streams per key and a slot among the long requests, a maximum duration after which the stream ends with
 a `reconnect` event (EventSource reconnects by itself, resuming after Last-Event-ID), and a re-check of
-the key every few seconds, so a revoked key's stream ends at once."""
+the key every few seconds, so a revoked key's stream ends at once. A Postgres outage pauses the stream
+(keep-alives go on) instead of ending it."""
 from __future__ import annotations
 
 import json
 import time
 
+import psycopg
 from flask import Response, g, request, stream_with_context
+from psycopg_pool import PoolTimeout
 
 from api import limits
 from api.common import svc
@@ -17,6 +20,7 @@ from domain.jobs import TERMINAL
 
 POLL_SECONDS = 0.5
 KEEP_ALIVE_SECONDS = 15
+OUTAGE_SECONDS = 90  # a stream rides out a Postgres outage this long before asking the client to come back
 
 
 def _after() -> int:
@@ -42,27 +46,49 @@ def job_events(job_id: str) -> Response:
     gone = limits.disconnect_probe()
     lease = limits.acquire("stream")
 
+    def poll(c, last: int, check_key: bool):
+        """One look at the log: (key still valid, new events after `last`, the job's status)."""
+        if check_key and c.execute("SELECT 1 FROM api_keys WHERE id = %s AND NOT revoked",
+                                   (key_id,)).fetchone() is None:
+            return False, [], None
+        rows = c.execute("SELECT global_position, type, data, recorded_at FROM events "
+                         "WHERE stream_id = %s AND global_position > %s ORDER BY global_position",
+                         (job_stream(job_id), last)).fetchall()
+        job = c.execute("SELECT status FROM jobs WHERE id = %s AND project = %s", (job_id, project)).fetchone()
+        return True, rows, job["status"] if job else None
+
     def events():
         try:
             last, started = after, time.monotonic()
             last_beat, next_key_check = started, started + lim.key_recheck_seconds
+            outage_since: float | None = None
             while True:
                 now = time.monotonic()
-                with pool.connection() as c:
-                    if now >= next_key_check:
-                        next_key_check = now + lim.key_recheck_seconds
-                        if c.execute("SELECT 1 FROM api_keys WHERE id = %s AND NOT revoked",
-                                     (key_id,)).fetchone() is None:
-                            yield _message("error", {"error": {
-                                "code": "invalid_api_key", "message": "this API key was revoked", "param": None,
-                                "type": "invalid_request_error"}})
-                            return
-                    rows = c.execute("SELECT global_position, type, data, recorded_at FROM events "
-                                     "WHERE stream_id = %s AND global_position > %s ORDER BY global_position",
-                                     (job_stream(job_id), last)).fetchall()
-                    job = c.execute("SELECT status FROM jobs WHERE id = %s AND project = %s",
-                                    (job_id, project)).fetchone()
-                status = job["status"] if job else None
+                check_key = now >= next_key_check
+                try:
+                    with pool.connection() as c:
+                        key_valid, rows, status = poll(c, last, check_key)
+                except (psycopg.OperationalError, PoolTimeout):
+                    # Postgres is away: the stream stays open (keep-alives) and polls again; past the
+                    # outage budget it ends with `reconnect`, as at its maximum duration.
+                    outage_since = outage_since or now
+                    if now - outage_since > OUTAGE_SECONDS:
+                        yield "retry: 5000\n" + _message("reconnect", {
+                            "last_event_id": last, "reason": "the database is unreachable; reconnect later"})
+                        return
+                    if now - last_beat > KEEP_ALIVE_SECONDS:
+                        last_beat = now
+                        yield ": keep-alive (the database is unreachable; retrying)\n\n"
+                    time.sleep(1.0)
+                    continue
+                outage_since = None
+                if check_key:
+                    next_key_check = now + lim.key_recheck_seconds
+                if not key_valid:
+                    yield _message("error", {"error": {
+                        "code": "invalid_api_key", "message": "this API key was revoked", "param": None,
+                        "type": "invalid_request_error"}})
+                    return
                 for r in rows:
                     last = r["global_position"]
                     type_, data = upcast(r["type"], r["data"])

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
@@ -59,6 +58,16 @@ class Embedder:
         return chunks
 
 
-@lru_cache(maxsize=1)
+_embedder: Embedder | None = None
+_embedder_lock = threading.Lock()
+
+
 def embedder() -> Embedder:
-    return Embedder()
+    """The process's embedder, loaded once (concurrent first callers wait for the one load: an unlocked
+    cache loaded the model once per concurrent request under load)."""
+    global _embedder
+    if _embedder is None:
+        with _embedder_lock:
+            if _embedder is None:
+                _embedder = Embedder()
+    return _embedder

@@ -21,7 +21,8 @@ MODEL_DIR = Path(os.environ.get("TUNELOG_MODEL_DIR") or ROOT / ".data" / "models
 def tmp_root():
     d = Path(tempfile.mkdtemp(prefix="tunelog-test-"))
     yield d
-    shutil.rmtree(d, ignore_errors=True)
+    if not os.environ.get("TUNELOG_KEEP_TEST_DATA"):  # keep the stack's logs to read after a failure
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

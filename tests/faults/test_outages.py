@@ -190,6 +190,21 @@ def test_postgres_stopped_for_20_seconds_under_load_loses_nothing_and_the_first_
     if point == "running":
         wait_for(lambda: s.http("GET", f"/v1/fine_tuning/jobs/{job_id}/events?type=metrics", key).json()["data"],
                  180, what="training metrics")
+    sse: list[str] = []
+
+    def follow() -> None:  # the UI's live feed of the job, open across the outage
+        try:
+            with requests.get(s.base_url + f"/api/jobs/{job_id}/stream", stream=True, timeout=120,
+                              headers={"Authorization": f"Bearer {key}"}) as r:
+                for line in r.iter_lines(decode_unicode=True):
+                    if line.startswith("event:"):
+                        sse.append(f"{line[6:].strip()}@{time.monotonic():.1f}")
+        except requests.RequestException as e:
+            sse.append(f"broken: {e!r}")
+
+    follower = threading.Thread(target=follow, daemon=True)
+    if point == "running":
+        follower.start()
     with Load(s, key) as load:
         time.sleep(1.0)
         s.pg.stop()
@@ -223,3 +238,9 @@ def test_postgres_stopped_for_20_seconds_under_load_loses_nothing_and_the_first_
     types = assert_ended_once(s, job_id)
     if point == "running":  # it rode the outage out: the same attempt finished it
         assert types.count("JobStarted") == 1, types
+        follower.join(60)  # and the live feed stayed open through it, to the end of the job
+        kinds = [e.split("@")[0] for e in sse]
+        assert kinds and kinds[-1] == "end" and "error" not in kinds and not any(
+            k.startswith("broken") for k in kinds), sse
+        after_restart = [e for e in sse if e.startswith("job@") and float(e.split("@")[1]) > t_down + 20]
+        assert after_restart, sse
