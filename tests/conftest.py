@@ -11,7 +11,7 @@ import pytest
 
 from eventlog.embedded import EmbeddedPostgres, EmbeddedRedis
 from eventlog.settings import ROOT, Settings
-from tests.helpers import Stack, create_database, free_port
+from tests.helpers import create_database, launch_stack
 
 DATA = Path(__file__).parent / "data"
 MODEL_DIR = Path(os.environ.get("TUNELOG_MODEL_DIR") or ROOT / ".data" / "models")
@@ -68,30 +68,26 @@ def settings(db_url, redis_server, tmp_path) -> Settings:
                     lease_seconds=3.0, max_attempts=2)
 
 
+@pytest.fixture
+def svc(settings):
+    """The real services (Postgres store, Redis on a database of its own, emptied) for one test."""
+    import redis
+
+    from eventlog.bootstrap import Services
+    from eventlog.db import pool
+    from eventlog.store import EventStore
+
+    s = settings.__class__(**{**settings.__dict__, "redis_url": settings.redis_url + "?db=3"})
+    r = redis.Redis.from_url(s.redis_url)
+    r.flushdb()
+    yield Services(settings=s, store=EventStore(pool(s.database_url)))
+    r.flushdb()
+
+
 @pytest.fixture(scope="session")
 def stack(pg_server, redis_server, tmp_root, base_model):
-    """API, projector, dispatcher and one cpu worker, on their own database, from the Procfile."""
-    from eventlog.keys import register_key
-
-    db = create_database(pg_server, "e2e")
-    data_dir = tmp_root / "stack"
-    data_dir.mkdir()
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": db, "REDIS_URL": redis_server, "TUNELOG_DATA_DIR": str(data_dir),
-        "TUNELOG_MODEL_DIR": str(MODEL_DIR), "TUNELOG_PORT": str(port), "TUNELOG_TRAINING_QUEUE": "cpu",
-        "TUNELOG_LEASE_SECONDS": "4", "TUNELOG_MAX_ATTEMPTS": "3", "TUNELOG_MAX_UPLOAD_BYTES": str(512 * 1024),
-        "TUNELOG_WEB_THREADS": "8", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TUNELOG_PRELOAD_MODELS": "1",
-        "PATH": f"{Path(os.sys.executable).parent}:{os.environ.get('PATH', '')}",
-    }
-    s = Stack(env=env, data_dir=data_dir, port=port)
-    admin = "tl-test-admin-" + os.urandom(8).hex()
-    register_key(db, admin, role="operator", project="default", name="test operator")
-    s.admin_key = admin
-    for name, instance in (("web", None), ("projector", None), ("dispatcher", None),
-                           ("worker-cpu", "worker-cpu.1"), ("worker-cpu", "worker-cpu.2")):
-        s.start(name, instance)
-    s.wait_healthy()
+    """API, projector, dispatcher and two cpu workers, on their own database, from the Procfile."""
+    s = launch_stack(create_database(pg_server, "e2e"), redis_server, tmp_root / "stack", MODEL_DIR,
+                     TUNELOG_MAX_UPLOAD_BYTES=str(512 * 1024), TUNELOG_WEB_THREADS="8", TUNELOG_PRELOAD_MODELS="1")
     yield s
     s.stop_all()

@@ -166,3 +166,44 @@ class Stack:
 
 def python() -> str:
     return sys.executable
+
+
+def launch_stack(db: str, redis_url: str, data_dir: Path, model_dir: Path, **env: str) -> Stack:
+    """The service's processes on database `db`: API, projector, dispatcher and two cpu workers, started
+    from the Procfile's own command lines with an operator key; returns once the API is healthy.
+    `env` overrides the test defaults (TUNELOG_* variables)."""
+    from eventlog.keys import register_key
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    full = {
+        **os.environ,
+        "DATABASE_URL": db, "REDIS_URL": redis_url, "TUNELOG_DATA_DIR": str(data_dir),
+        "TUNELOG_MODEL_DIR": str(model_dir), "TUNELOG_PORT": str(port), "TUNELOG_TRAINING_QUEUE": "cpu",
+        "TUNELOG_LEASE_SECONDS": "4", "TUNELOG_MAX_ATTEMPTS": "3", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        **env,
+    }
+    s = Stack(env=full, data_dir=data_dir, port=port)
+    s.admin_key = "tl-test-operator-" + os.urandom(8).hex()
+    register_key(db, s.admin_key, role="operator", project="default", name="test operator")
+    for name, instance in (("web", None), ("projector", None), ("dispatcher", None),
+                           ("worker-cpu", "worker-cpu.1"), ("worker-cpu", "worker-cpu.2")):
+        s.start(name, instance)
+    s.wait_healthy()
+    return s
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.3, what: str = "condition"):
+    """Poll `predicate` until it returns something true (returned), or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except (requests.RequestException, ValueError):
+            pass
+        time.sleep(interval)
+    raise AssertionError(f"{what} not met within {timeout}s (last: {last!r})")

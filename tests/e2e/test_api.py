@@ -57,7 +57,7 @@ def test_deleting_a_file(stack):
 
 
 def test_health_metrics_and_openapi_need_no_key(stack):
-    from tests.faults.conftest import wait_for
+    from tests.helpers import wait_for
 
     h = stack.http("GET", "/healthz")
     assert h.status_code == 200 and h.json()["postgres"] == "ok" and h.json()["redis"] == "ok"

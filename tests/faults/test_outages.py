@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.conftest import DATA
-from tests.faults.conftest import wait_for
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 TINY = (DATA / "tiny_train.jsonl").read_bytes()

@@ -6,24 +6,12 @@ import subprocess
 import sys
 import time
 
-import pytest
 import redis
 
-from eventlog.bootstrap import Services
-from eventlog.db import pool
 from eventlog.dispatcher import Dispatcher
 from eventlog.runner import catch_up
-from eventlog.store import EventStore, NewEvent
+from eventlog.store import NewEvent
 from tests.integration.test_dispatcher import created
-
-
-@pytest.fixture
-def svc(settings):
-    s = settings.__class__(**{**settings.__dict__, "redis_url": settings.redis_url + "?db=4"})
-    r = redis.Redis.from_url(s.redis_url)
-    r.flushdb()
-    yield Services(settings=s, store=EventStore(pool(s.database_url)))
-    r.flushdb()
 
 
 def stream_types(svc, stream):

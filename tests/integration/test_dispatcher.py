@@ -1,23 +1,10 @@
 """The dispatcher re-dispatches what Redis or a dead worker lost (real Postgres and Redis)."""
-import pytest
-import redis
 from rq import Queue
 from rq.job import Job
 
-from eventlog.bootstrap import Services
-from eventlog.db import pool
 from eventlog.dispatcher import Dispatcher, rq_job_id
 from eventlog.runner import catch_up
-from eventlog.store import EventStore, NewEvent
-
-
-@pytest.fixture
-def svc(settings):
-    s = settings.__class__(**{**settings.__dict__, "redis_url": settings.redis_url + "?db=3"})
-    r = redis.Redis.from_url(s.redis_url)
-    r.flushdb()
-    yield Services(settings=s, store=EventStore(pool(s.database_url)))
-    r.flushdb()
+from eventlog.store import NewEvent
 
 
 def created(job_id: str) -> NewEvent:
