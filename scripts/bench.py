@@ -13,7 +13,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -57,7 +57,7 @@ def _es_datastore(url: str):
     parts = urlsplit(url)
     host = parse_qs(parts.query).get("host", ["127.0.0.1"])[0]
     return PostgresDatastore(dbname=parts.path.lstrip("/"), host=host, port=parts.port or 5432,
-                             user=parts.username or "postgres", password="", pool_size=1)
+                             user=parts.username or "postgres", password=unquote(parts.password or ""), pool_size=1)
 
 
 def _es_writer(url: str, n: int, w: int, q) -> None:
