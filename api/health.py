@@ -79,6 +79,7 @@ def _check() -> tuple[dict[str, Any], bool]:
 
 PARKED = Gauge("tunelog_projection_parked_events", "Events a projection could not apply and parked (dead letters)",
                ["projection"])
+_children: dict[tuple[str, ...], Any] = {}  # metric children by label values (a closed set: bounded)
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -111,7 +112,13 @@ def register(app: Flask) -> None:
         route = request.url_rule.rule if request.url_rule else "unmatched"
         method = request.method if request.method in KNOWN_METHODS else "other"
         status = str(resp.status_code) if 100 <= resp.status_code < 600 else "other"
-        REQUESTS.labels(method, route, status).inc()
+        counter = _children.get((method, route, status))
+        if counter is None:  # the label lookup takes a lock and builds a key: once per series, not per request
+            counter = _children[(method, route, status)] = REQUESTS.labels(method, route, status)
+        counter.inc()
         if hasattr(g, "_t0"):
-            LATENCY.labels(method, route).observe(time.perf_counter() - g._t0)
+            hist = _children.get((method, route))
+            if hist is None:
+                hist = _children[(method, route)] = LATENCY.labels(method, route)
+            hist.observe(time.perf_counter() - g._t0)
         return resp
