@@ -205,7 +205,7 @@ def disconnect_probe() -> Callable[[], bool]:
     return gone
 
 
-# ---- request rates (flask-limiter) -------------------------------------------------------------------
+# ---- request rates (the limits library) ----------------------------------------------------------------
 def _rate_key() -> str:
     principal = getattr(g, "principal", None)
     return principal.key_id if principal is not None else "ip:" + (request.remote_addr or "?")
