@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, g, jsonify, request
 
 from api.auth import KEYS, OPERATOR, ROLES, hash_key, key_id_for, new_key, require, require_operator
-from api.common import Idempotent, append_and_respond, fresh, json_body, metadata, now, owned, page_limit, svc
+from api.common import Idempotent, append_and_respond, json_body, metadata, now, owned, page_limit, svc
 from domain.errors import Forbidden, NotFound, ValidationError
 from domain.events import KeyCreated, KeyRevoked, key_stream, upcast
 from eventlog.runner import replay, verify
@@ -41,14 +41,9 @@ def create_key():
     # if the first response was lost, revoke that id and create another).
     out = {"object": "api_key", "id": ev.id, "key": key, "name": name, "role": role, "project": project,
            "created_at": ev.created_at}
-    stored = {**out, "key": None, "key_redacted": True}
-    cmd = idem.command(201, stored)
-    result = svc().store.append(key_stream(ev.id), 0, [NewEvent(ev.type, ev.to_data(), metadata(ev.id))],
-                                command=cmd)
-    if result.duplicate:
-        return Idempotent.respond(result.response, replayed=True)
-    fresh(svc().pool)
-    return jsonify(out), 201
+    return append_and_respond(idem, 201, out, lambda cmd: svc().store.append(
+        key_stream(ev.id), 0, [NewEvent(ev.type, ev.to_data(), metadata(ev.id))], command=cmd),
+        stored={**out, "key": None, "key_redacted": True})
 
 
 @bp.get("/keys")

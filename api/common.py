@@ -103,8 +103,11 @@ class Idempotent:
         return resp
 
 
-def append_and_respond(idem: Idempotent, status: int, body: dict[str, Any], do_append: Callable[[Command | None], Any]):
-    result = do_append(idem.command(status, body))
+def append_and_respond(idem: Idempotent, status: int, body: dict[str, Any], do_append: Callable[[Command | None], Any],
+                       stored: dict[str, Any] | None = None):
+    """Append with the idempotency record and answer `body`. `stored` is what a retry gets instead, when
+    the first response holds something that must never be kept (a new key's secret)."""
+    result = do_append(idem.command(status, body if stored is None else stored))
     if result.duplicate:
         return Idempotent.respond(result.response, replayed=True)
     fresh(svc().pool)  # read-your-writes: the read models include this append before we answer

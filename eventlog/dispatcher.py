@@ -34,6 +34,7 @@ log = logging.getLogger("tunelog.dispatcher")
 TRAINING_TIMEOUT = 24 * 3600  # explicit: RQ's default of 180 s would kill any real training run
 INDEXING_TIMEOUT = 3600
 ADVISORY_KEY = 0x7475_6E65  # "tune"
+PENDING = frozenset({"queued", "started", "deferred", "scheduled"})  # RQ statuses of a job that will still run
 RQ_HEARTBEAT_STALE = 120.0  # seconds without RQ's own job heartbeat (every 30 s while a horse runs)
 
 
@@ -89,7 +90,7 @@ class Dispatcher:
             beat = existing.last_heartbeat or existing.started_at
             stale_start = (status == "started" and beat is not None and
                            time.time() - beat.timestamp() > RQ_HEARTBEAT_STALE)
-            if status in ("queued", "started", "deferred", "scheduled") and not stale_start:
+            if status in PENDING and not stale_start:
                 return False
             existing.delete()
         except NoSuchJobError:
@@ -177,7 +178,7 @@ class Dispatcher:
             status = Job.fetch(rid, connection=self.redis).get_status(refresh=True)
         except NoSuchJobError:
             return False
-        return status in ("queued", "started", "deferred", "scheduled")
+        return status in PENDING
 
     def declare_lost(self, job_id: str) -> None:
         state = self._state(job_id)

@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import psycopg
 from psycopg import sql
@@ -63,8 +63,8 @@ def _park_or_count(conn: psycopg.Connection, name: str, e: RecordedEvent, error:
     return parked
 
 
-def _apply_one_projection(conn: psycopg.Connection, p, events: list[RecordedEvent]) -> int | None:
-    """Apply `events` to projection `p` inside savepoints. Returns the position it reached (None: none).
+def _apply_one_projection(conn: psycopg.Connection, p, events: list[RecordedEvent]) -> None:
+    """Apply `events` to projection `p` inside savepoints; afterwards every one of them is applied or parked.
 
     Fast path: the whole batch in one savepoint. If that fails, the events go one by one to find the
     poison one: those before it are applied, it is retried up to MAX_ATTEMPTS times (each failure
@@ -72,12 +72,11 @@ def _apply_one_projection(conn: psycopg.Connection, p, events: list[RecordedEven
     try:
         with conn.transaction():
             p.apply(conn, events)
-        return events[-1].global_position
+        return
     except psycopg.OperationalError:
         raise  # the connection is gone: nothing to isolate, the caller retries the round
     except Exception:  # noqa: BLE001 - isolate it below, event by event
         pass
-    reached = None
     for e in events:
         for _attempt in range(MAX_ATTEMPTS):
             try:
@@ -91,8 +90,6 @@ def _apply_one_projection(conn: psycopg.Connection, p, events: list[RecordedEven
                     parked = _park_or_count(conn, p.name, e, error)
                 if parked:
                     break
-        reached = e.global_position
-    return reached
 
 
 def _apply_batch(conn: psycopg.Connection, store: EventStore, projections: list, batch: int,
@@ -114,27 +111,19 @@ def _apply_batch(conn: psycopg.Connection, store: EventStore, projections: list,
         return 0
     last = events[-1].global_position
     moved = []
-    stuck = 0
     for p in sorted(projections, key=lambda p: p.name):
         mine = [e for e in events if e.global_position > positions[p.name]]
-        if not mine:
-            continue
-        reached = _apply_one_projection(conn, p, mine)
-        if reached is not None and reached > positions[p.name]:
-            moved.append((reached, p.name))
-        if reached != last:
-            stuck += 1
+        if mine:
+            _apply_one_projection(conn, p, mine)  # every event ends applied or parked
+            moved.append((last, p.name))
     if moved:
         with conn.cursor() as cur:
             cur.executemany("UPDATE projection_checkpoints SET position = %s WHERE name = %s", moved)
-    # A projection held back by a failing event is retried next round (and parked after MAX_ATTEMPTS):
-    # report 0 so that a caller looping "until fewer than batch" ends this round instead of spinning.
-    return 0 if stuck else len(events)
+    return len(events)
 
 
 def catch_up(pool: ConnectionPool, batch: int = 2000, projections: list | None = None) -> int:
-    """Apply everything appended so far; returns how many events were read. A projection stuck on a
-    failing event stays behind (until parked) without holding the others back."""
+    """Apply everything appended so far; returns how many events were read."""
     projections = projections or all_projections()
     store = EventStore(pool)
     total = 0
@@ -192,33 +181,20 @@ def _build_aside(conn: psycopg.Connection, pool: ConnectionPool, projections: li
 
 def _drain(conn: psycopg.Connection, store: EventStore, projections: list, batch: int, until: int,
            own_transactions: bool = False) -> int:
-    """Apply every event up to `until` (a failing event is retried, then parked: this ends)."""
+    """Apply every event up to `until` (batch by batch, each in its own transaction if asked)."""
     n = 0
-    for _ in range(1_000_000):
-        if own_transactions:
-            with conn.transaction():
-                got = _apply_batch(conn, store, projections, batch, until=until)
-        else:
+    while True:
+        with conn.transaction() if own_transactions else nullcontext():
             got = _apply_batch(conn, store, projections, batch, until=until)
+        if not got:
+            return n
         n += got
-        if got == 0:
-            low = conn.execute("SELECT coalesce(min(position), 0) AS p FROM projection_checkpoints "
-                               "WHERE name = ANY(%s)", ([p.name for p in projections],)).fetchone()["p"]
-            if low >= until:
-                return n
-    raise RuntimeError("rebuild did not converge")
 
 
 def _catch_up_in(conn: psycopg.Connection, pool: ConnectionPool, schema: str | None, projections: list,
                  until: int, batch: int = 10000) -> None:
-    ctx = _search_path(conn, schema) if schema else _noop()
-    with ctx:
+    with _search_path(conn, schema) if schema else nullcontext():
         _drain(conn, EventStore(pool), projections, batch, until)
-
-
-@contextmanager
-def _noop():
-    yield
 
 
 def _differences(conn: psycopg.Connection, schema: str, tables: list[str], sample: int = 3) -> dict:

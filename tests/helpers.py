@@ -207,3 +207,17 @@ def wait_for(predicate, timeout: float, interval: float = 0.3, what: str = "cond
             pass
         time.sleep(interval)
     raise AssertionError(f"{what} not met within {timeout}s (last: {last!r})")
+
+
+def pdf_bytes(objs: list[bytes]) -> bytes:
+    """A PDF file of these numbered objects (1 is the catalog), with its cross-reference table: test PDFs
+    are built by hand (no PDF writer is a dependency)."""
+    out, offsets = b"%PDF-1.4\n", []
+    for i, o in enumerate(objs, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + o + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
+    out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
+    return out

@@ -8,6 +8,7 @@ import pytest
 from openai import OpenAI
 
 from tests.conftest import DATA
+from tests.helpers import pdf_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -29,15 +30,7 @@ def tiny_pdf(text: str) -> bytes:
             b"/Resources << /Font << /F1 5 0 R >> >> >>",
             b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
             b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
-    out, offsets = b"%PDF-1.4\n", []
-    for i, o in enumerate(objs, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % i + o + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
-    out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
-    return out
+    return pdf_bytes(objs)
 
 
 def wait_indexed(stack, key, doc_id, timeout=120):

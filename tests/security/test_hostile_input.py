@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import DATA
+from tests.helpers import pdf_bytes
 
 GOOD = (DATA / "tiny_train.jsonl").read_bytes()
 LINES = GOOD.decode().splitlines()
@@ -169,15 +170,7 @@ def pdf(pages: int, content: bytes, *, compress: bool = False, shared: bool = Tr
                     b"/Resources << /Font << /F1 3 0 R >> >> >>" % contents)
         kids.append(b"%d 0 R" % len(objs))
     objs[1] = b"<< /Type /Pages /Kids [" + b" ".join(kids) + b"] /Count %d >>" % pages
-    out, offsets = b"%PDF-1.4\n", []
-    for i, o in enumerate(objs, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % i + o + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
-    out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
-    return out
+    return pdf_bytes(objs)
 
 
 def text_ops(text: str) -> bytes:
