@@ -180,7 +180,7 @@ def job_object(j: JobState | dict[str, Any]) -> dict[str, Any]:
         "fine_tuned_model": d["fine_tuned_model"], "finished_at": d["finished_at"], "hyperparameters": hp,
         "model": d["model"], "organization_id": d["project"], "result_files": [], "seed": d["seed"],
         "status": d["status"], "trained_tokens": d["trained_tokens"], "training_file": d["training_file"],
-        "validation_file": d["validation_file"], "estimated_finish": None, "integrations": [],
+        "validation_file": d["validation_file"], "estimated_finish": d.get("estimated_finish"), "integrations": [],
         "metadata": d["metadata"], "method": d["method"], "user_provided_suffix": d["suffix"],
     }
 
@@ -365,6 +365,12 @@ MESSAGES = {
     "JobSucceeded": lambda d: f"The job has successfully completed. New fine-tuned model created: "
                               f"{d['fine_tuned_model']}",
     "CheckpointSaved": lambda d: f"Checkpoint created at step {d['step']}",
+    "CheckpointDeleted": lambda d: f"Checkpoint {d['id']} removed (the last {d.get('keep', 3)} are kept)",
+    "PauseRequested": lambda d: "Pause requested",
+    "JobPaused": lambda d: d.get("reason") or (f"Fine-tuning job paused at step {d['step']}" if d.get("step")
+                                               else "Fine-tuning job paused"),
+    "ResumeRequested": lambda d: "Resume requested",
+    "JobResumed": lambda d: "Fine-tuning job resumed: it continues from its latest checkpoint",
     "JobMessage": lambda d: d["message"],
 }
 LEVELS = {"JobFailed": "error", "JobAttemptLost": "warn"}

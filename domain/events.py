@@ -109,6 +109,11 @@ class JobProgressed(Event):
     at: int
     valid_loss: float | None = None
     tokens_per_second: float | None = None
+    train_mean_token_accuracy: float | None = None
+    valid_mean_token_accuracy: float | None = None
+    full_valid_loss: float | None = None  # on the whole validation file, at the end
+    full_valid_mean_token_accuracy: float | None = None
+    estimated_finish: int | None = None  # unix seconds, from the measured step times
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,38 @@ class CheckpointSaved(Event):
     path: str
     fine_tuned_model_checkpoint: str
     metrics: dict[str, Any]
+    at: int
+
+
+@dataclass(frozen=True)
+class CheckpointDeleted(Event):
+    """A checkpoint rotated away (the last `keep` are kept) or removed with its model."""
+
+    id: str
+    step: int
+    at: int
+    keep: int = 3
+
+
+@dataclass(frozen=True)
+class PauseRequested(Event):
+    actor: str
+    at: int
+
+
+@dataclass(frozen=True)
+class JobPaused(Event):
+    """The worker saved a checkpoint at `step` and stopped; a resume continues from the latest one."""
+
+    step: int | None
+    checkpoint: str | None
+    at: int
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class JobResumed(Event):
+    actor: str
     at: int
 
 

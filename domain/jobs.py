@@ -1,16 +1,19 @@
 """The fine-tuning job's state machine: `evolve` folds events into state; `decide_*` choose events.
 
-Statuses follow OpenAI exactly: validating_files, queued, running, succeeded, failed, cancelled.
+Statuses follow OpenAI exactly: validating_files, queued, running, pausing, paused, succeeded, failed,
+cancelled. A pause saves a checkpoint and frees the worker; a resume queues a new attempt that continues
+from the job's latest checkpoint (as does an attempt re-queued after its worker was lost).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
+STATUSES = ("validating_files", "queued", "running", "pausing", "paused", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 # Event types that change nothing in JobState but its version (evolve below agrees: no branch for them).
-VERSION_ONLY = frozenset({"JobProgressed", "JobMessage", "CheckpointSaved"})
+VERSION_ONLY = frozenset({"JobMessage", "CheckpointSaved", "CheckpointDeleted"})
+# JobProgressed changes only `estimated_finish` (and the version): the projection takes a fast path for it.
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,9 @@ class JobState:
     attempt: int = 1
     cancel_requested: bool = False
     version: int = 0
+    estimated_finish: int | None = None  # unix seconds, from measured step times while running
+    pause_requested: bool = False
+    lost_attempts: int = 0  # attempts whose worker was lost: the retry limit counts these only
 
     @property
     def terminal(self) -> bool:
@@ -55,20 +61,30 @@ def evolve(state: JobState, type_: str, data: dict[str, Any], version: int) -> J
             metadata=data.get("metadata"), created_at=data["created_at"],
         )
     elif type_ == "JobStarted":
-        s = replace(s, status="running", attempt=data["attempt"],
-                    started_at=s.started_at or data["started_at"])
+        s = replace(s, status="pausing" if s.pause_requested else "running", attempt=data["attempt"],
+                    started_at=s.started_at or data["started_at"], estimated_finish=None)
+    elif type_ == "JobProgressed":
+        if data.get("estimated_finish") is not None:
+            s = replace(s, estimated_finish=data["estimated_finish"])
     elif type_ == "CancelRequested":
         s = replace(s, cancel_requested=True)
     elif type_ == "JobCancelled":
-        s = replace(s, status="cancelled", finished_at=data["at"])
+        s = replace(s, status="cancelled", finished_at=data["at"], estimated_finish=None)
+    elif type_ == "PauseRequested":
+        s = replace(s, pause_requested=True, status="pausing" if s.status == "running" else s.status)
+    elif type_ == "JobPaused":
+        s = replace(s, status="paused", pause_requested=False, estimated_finish=None)
+    elif type_ == "JobResumed":
+        s = replace(s, status="queued", attempt=s.attempt + 1, pause_requested=False)
     elif type_ == "JobAttemptLost":
+        s = replace(s, lost_attempts=s.lost_attempts + 1, estimated_finish=None)
         if data["requeued"]:
             s = replace(s, status="queued", attempt=data["attempt"] + 1)
     elif type_ == "JobFailed":
-        s = replace(s, status="failed", error=data["error"], finished_at=data["at"])
+        s = replace(s, status="failed", error=data["error"], finished_at=data["at"], estimated_finish=None)
     elif type_ == "JobSucceeded":
         s = replace(s, status="succeeded", fine_tuned_model=data["fine_tuned_model"],
-                    trained_tokens=data["trained_tokens"], finished_at=data["at"])
+                    trained_tokens=data["trained_tokens"], finished_at=data["at"], estimated_finish=None)
     return replace(s, version=version)
 
 
@@ -80,19 +96,26 @@ def fold(events: list[tuple[str, dict[str, Any], int]]) -> JobState:
 
 
 def decide_lost_attempt(state: JobState, max_attempts: int, reason: str, now: int) -> list[tuple[str, dict]]:
-    """A running attempt was lost: re-queue it, or fail the job once the retry limit is reached."""
-    if state.status != "running":
+    """A running attempt was lost: re-queue it (it resumes from the latest checkpoint), or fail the job
+    once the retry limit is reached. A job being paused is paused instead (its latest checkpoint is where
+    a resume continues); a job being cancelled is cancelled."""
+    if state.status not in ("running", "pausing"):
         return []
-    requeue = state.attempt < max_attempts and not state.cancel_requested
+    lost = state.lost_attempts + 1
+    requeue = lost < max_attempts and not state.cancel_requested and not state.pause_requested
     events: list[tuple[str, dict]] = [
         ("JobAttemptLost", {"attempt": state.attempt, "reason": reason, "requeued": requeue, "at": now})
     ]
     if state.cancel_requested:
         events.append(("JobCancelled", {"reason": f"cancelled (its worker was lost: {reason})", "at": now}))
+    elif state.pause_requested:
+        events.append(("JobPaused", {"step": None, "checkpoint": None,
+                                     "reason": f"paused (its worker was lost: {reason}); a resume continues from "
+                                               "the latest checkpoint", "at": now}))
     elif not requeue:
         events.append(("JobFailed", {"error": {
             "code": "worker_lost",
-            "message": f"the worker running this job was lost {state.attempt} time(s) ({reason}); "
+            "message": f"the worker running this job was lost {lost} time(s) ({reason}); "
                        f"giving up after {max_attempts} attempts",
             "param": None}, "at": now}))
     return events

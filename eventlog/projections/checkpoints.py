@@ -18,6 +18,7 @@ class CheckpointsProjection:
              d["path"], d["at"], e.global_position)
             for e in events if e.type == "CheckpointSaved" for d in (e.data,)
         ]
+        gone = [e.data["id"] for e in events if e.type == "CheckpointDeleted"]
         if rows:
             with conn.cursor() as cur:
                 cur.executemany(
@@ -25,3 +26,5 @@ class CheckpointsProjection:
                     "path, created_at, seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
                     # a retried attempt may repeat an id from before the attempt-safe ids: keep the first
                     "ON CONFLICT (id) DO NOTHING", rows)
+        if gone:  # rotated away (the last 3 are kept, as OpenAI does); the log keeps its history
+            conn.execute("DELETE FROM job_checkpoints WHERE id = ANY(%s)", (gone,))

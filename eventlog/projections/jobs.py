@@ -33,6 +33,7 @@ class JobsProjection:
             seqs[row["id"]] = row.pop("seq")
             states[row["id"]] = JobState(**row)
         versions: dict[str, int] = {}
+        etas: dict[str, int] = {}
         for e in events:
             if not e.stream_id.startswith("job-"):
                 continue
@@ -40,16 +41,25 @@ class JobsProjection:
             known = versions.get(job_id) or (states[job_id].version if job_id in states else 0)
             if e.stream_version <= known:  # applied already: a handler must be idempotent
                 continue
-            if e.type in VERSION_ONLY:  # progress events: most of the log, and they only move the version
+            if e.type in VERSION_ONLY:  # messages and checkpoints only move the version
                 versions[job_id] = e.stream_version
+                continue
+            if e.type == "JobProgressed":  # most of the log: the version and the estimated finish only
+                versions[job_id] = e.stream_version
+                if e.data.get("estimated_finish") is not None:
+                    etas[job_id] = e.data["estimated_finish"]
                 continue
             if e.type == "JobCreated":
                 seqs[job_id] = e.global_position
             states[job_id] = evolve(states.get(job_id, JobState()), e.type, e.data, e.stream_version)
             versions.pop(job_id, None)
+            etas.pop(job_id, None)
         for job_id, v in versions.items():
             if job_id in states:
                 states[job_id] = replace(states[job_id], version=v)
+        for job_id, eta in etas.items():
+            if job_id in states:
+                states[job_id] = replace(states[job_id], estimated_finish=eta)
         rows = []
         for job_id, s in states.items():
             if job_id not in seqs:  # events for a job whose creation we never saw: ignore
