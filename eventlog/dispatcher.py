@@ -110,9 +110,9 @@ class Dispatcher:
                 self.enqueue(e.data["id"], 1, e.data["queue"])
             elif e.type == "DocumentAdded":
                 self.enqueue_indexing(e.data["id"])
-            elif e.type == "CancelRequested":  # a worker that died cannot honour it: end it now
+            elif e.type in ("PauseRequested", "CancelRequested"):  # a dead worker cannot honour either
                 self._safely(self.declare_lost, e.stream_id[4:])
-            elif e.type == "JobAttemptLost" and e.data.get("requeued"):
+            elif (e.type == "JobAttemptLost" and e.data.get("requeued")) or e.type == "JobResumed":
                 state = self._state(e.stream_id[4:])
                 if state.status == "queued":
                     self.enqueue(state.id, state.attempt, state.queue)
@@ -127,8 +127,8 @@ class Dispatcher:
             queued = c.execute("SELECT id, attempt, queue FROM jobs WHERE status = 'queued'").fetchall()
             expired = c.execute(
                 "SELECT j.id FROM jobs j LEFT JOIN leases l ON l.job_id = j.id "
-                "WHERE j.status = 'running' AND (l.job_id IS NULL OR l.expires_at < now() "
-                "  OR (j.cancel_requested AND l.worker LIKE %s))", (socket.gethostname() + ":%",)).fetchall()
+                "WHERE j.status IN ('running', 'pausing') AND (l.job_id IS NULL OR l.expires_at < now() "
+                "  OR ((j.cancel_requested OR j.pause_requested) AND l.worker LIKE %s))", (socket.gethostname() + ":%",)).fetchall()
             documents = c.execute("SELECT id FROM documents WHERE status = 'processing'").fetchall()
         failures = 0
         for row in queued:
@@ -182,12 +182,13 @@ class Dispatcher:
 
     def declare_lost(self, job_id: str) -> None:
         state = self._state(job_id)
-        if state.status != "running":
+        if state.status not in ("running", "pausing"):
             return
         with self.svc.pool.connection() as c:
             lease = c.execute("SELECT attempt, worker, expires_at > now() AS alive FROM leases WHERE job_id = %s",
                               (job_id,)).fetchone()
-        if lease and lease["alive"] and not (state.cancel_requested and _dead_local(lease["worker"])):
+        asked = state.cancel_requested or state.pause_requested
+        if lease and lease["alive"] and not (asked and _dead_local(lease["worker"])):
             return
         reason = "heartbeat lease expired" if lease else "no heartbeat lease"
         decided = decide_lost_attempt(state, self.svc.settings.max_attempts, reason, int(time.time()))
