@@ -128,7 +128,8 @@ class Dispatcher:
             expired = c.execute(
                 "SELECT j.id FROM jobs j LEFT JOIN leases l ON l.job_id = j.id "
                 "WHERE j.status IN ('running', 'pausing') AND (l.job_id IS NULL OR l.expires_at < now() "
-                "  OR ((j.cancel_requested OR j.pause_requested) AND l.worker LIKE %s))", (socket.gethostname() + ":%",)).fetchall()
+                "  OR ((j.cancel_requested OR j.pause_requested) AND l.worker LIKE %s))",
+                (socket.gethostname() + ":%",)).fetchall()
             documents = c.execute("SELECT id FROM documents WHERE status = 'processing'").fetchall()
         failures = 0
         for row in queued:

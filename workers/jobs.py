@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import re
-import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +26,7 @@ from typing import Any
 from domain.errors import ConcurrencyConflict
 from domain.events import file_stream, job_stream, model_stream
 from domain.jobs import JobState, fold
+from eventlog import artifacts
 from eventlog.bootstrap import Services, bootstrap
 from eventlog.catalog import model_path
 from eventlog.store import Append, NewEvent
@@ -105,13 +106,20 @@ def _write_file(svc: Services, file_id: str | None, dest: Path) -> str | None:
         return None
     # through the store (upcast on read), never raw jsonb: an old event shape must still be readable
     uploaded = next((e for e in svc.store.read_stream(file_stream(file_id)) if e.type == "FileUploaded"), None)
-    row = None
-    if uploaded is not None:
-        with svc.pool.connection() as c:
-            row = c.execute("SELECT content FROM blobs WHERE sha256 = %s", (uploaded.data["sha256"],)).fetchone()
-    if row is None:
+    if uploaded is None:
         raise RuntimeError(f"file {file_id} has no stored content")
-    dest.write_bytes(bytes(row["content"]))
+    sha = uploaded.data["sha256"]
+    # copied in 8 MiB slices: a large training file never sits whole in the worker's memory
+    chunk, offset = 8 << 20, 1
+    with svc.pool.connection() as c, open(dest, "wb") as out:
+        row = c.execute("SELECT length(content) AS n FROM blobs WHERE sha256 = %s", (sha,)).fetchone()
+        if row is None:
+            raise RuntimeError(f"file {file_id} has no stored content")
+        while offset <= row["n"]:
+            part = c.execute("SELECT substring(content FROM %s FOR %s) AS part FROM blobs WHERE sha256 = %s",
+                             (offset, chunk, sha)).fetchone()["part"]
+            out.write(bytes(part))
+            offset += chunk
     return str(dest)
 
 
@@ -196,13 +204,96 @@ def run_training(job_id: str, attempt: int) -> str:
         lease.release()
 
 
+def gpus_per_node() -> int:
+    """Visible GPUs, counted without initialising CUDA in this process (RQ's forked work horse must not):
+    TUNELOG_NPROC_PER_NODE, else CUDA_VISIBLE_DEVICES, else the driver's list of devices."""
+    forced = os.environ.get("TUNELOG_NPROC_PER_NODE")
+    if forced and forced.isdigit():
+        return int(forced)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        return len(list(Path("/proc/driver/nvidia/gpus").iterdir()))
+    except OSError:
+        return 0
+
+
+def launch_command(config_path: Path, nproc: int) -> list[str]:
+    """The recipe under torchrun (one process per GPU, or one on the CPU), or under the DeepSpeed launcher
+    across the hosts of TUNELOG_HOSTFILE (docs/training.md: multi-node)."""
+    hostfile = os.environ.get("TUNELOG_HOSTFILE")
+    if hostfile:
+        return [sys.executable, "-m", "deepspeed.launcher.runner", f"--hostfile={hostfile}", "--no_local_rank",
+                "--module", RECIPE_MODULE, str(config_path)]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={max(1, nproc)}",
+            "-m", RECIPE_MODULE, str(config_path)]
+
+
+def recipe_config(s, state: JobState, base_path: Path, train: str, valid: str | None, work: Path,
+                  job_dir: Path, nproc: int) -> dict[str, Any]:
+    """The recipe's whole input, from the job's events (hyperparameters resolved when it was created)."""
+    hp = state.hyperparameters
+    method = state.method.get("type", "supervised")
+    return {
+        "base_model_path": str(base_path), "train_file": train, "valid_file": valid, "method": method,
+        "output_dir": str(job_dir / "model"), "run_dir": str(job_dir / "checkpoints"),
+        "metrics_file": str(work / "metrics.jsonl"), "control_dir": str(work / "control"),
+        "cache_dir": str(work / "cache"),
+        "n_epochs": hp["n_epochs"], "batch_size": hp["batch_size"],
+        "learning_rate": BASE_LR * hp["learning_rate_multiplier"] * (1.0 if hp.get("lora", True) else 0.1),
+        "seed": state.seed or 0,
+        "max_seq_len": hp.get("max_seq_len") or s.max_seq_len,
+        "lora": hp.get("lora", True), "lora_r": hp.get("lora_r", 16), "lora_alpha": hp.get("lora_alpha", 32),
+        "lora_dropout": hp.get("lora_dropout", 0.05), "target_modules": hp.get("target_modules", "all-linear"),
+        "qlora": hp.get("qlora", False), "deepspeed": hp.get("deepspeed"),
+        "checkpoint_interval": hp.get("checkpoint_interval"), "eval_interval": hp.get("eval_interval"),
+        "early_stopping_patience": hp.get("early_stopping_patience"), "packing": hp.get("packing", False),
+        "beta": hp.get("beta", 0.1),
+        # on the CPU, share the cores with the other cpu workers instead of oversubscribing them
+        "num_threads": 0 if nproc else max(1, (os.cpu_count() or 2) // s.cpu_workers),
+    }
+
+
+class MetricsTail:
+    """Reads the recipe's JSON lines as they are appended (the file outlives any launcher's stdout games)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        self.buf = b""
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read(1 << 20)
+        except FileNotFoundError:
+            return []
+        self.offset += len(chunk)
+        self.buf += chunk
+        out = []
+        while b"\n" in self.buf:
+            line, self.buf = self.buf.split(b"\n", 1)
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+        return out
+
+
 def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> str:
     state, attempt = won.state, won.attempt
     s = svc.settings
     job_id = state.id
     work = s.work_dir / job_id / f"attempt-{attempt}"
-    work.mkdir(parents=True, exist_ok=True)
-    artifact_rel = f"artifacts/{job_id}/adapter"
+    if work.exists():  # a re-run of the same attempt (an RQ retry): start its scratch space clean
+        shutil.rmtree(work, ignore_errors=True)
+    (work / "control").mkdir(parents=True, exist_ok=True)
+    job_dir = artifacts.job_dir(s.data_dir, job_id)
+    job_dir.mkdir(parents=True, exist_ok=True)
     try:
         base_path = model_path(s.model_dir, state.model)
         train = _write_file(svc, state.training_file, work / "train.jsonl")
@@ -211,64 +302,69 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
         progress.finish(extra=[NewEvent("JobFailed", {"error": _error("setup_failed", str(e)), "at": _now()},
                                        progress.metadata)])
         return "failed"
-    hp = state.hyperparameters
-    config = {
-        "base_model_path": str(base_path), "train_file": train, "valid_file": valid,
-        "output_dir": str(s.data_dir / artifact_rel), "checkpoint_dir": str(work / "checkpoints"),
-        "n_epochs": hp["n_epochs"], "batch_size": hp["batch_size"],
-        "learning_rate": BASE_LR * hp["learning_rate_multiplier"], "seed": state.seed or 0,
-        "max_seq_len": s.max_seq_len,
-        # on the CPU, share the cores with the other cpu workers instead of oversubscribing them
-        "num_threads": 0 if state.queue == "gpu" else max(1, (os.cpu_count() or 2) // s.cpu_workers),
-    }
+    nproc = gpus_per_node() if state.queue == "gpu" else 0
+    config = recipe_config(s, state, base_path, train, valid, work, job_dir, nproc)
     (work / "config.json").write_text(json.dumps(config, indent=2))
-    stderr = open(work / "stderr.log", "wb")
-    child = subprocess.Popen([sys.executable, "-m", RECIPE_MODULE, str(work / "config.json")],
-                             stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
-                             preexec_fn=_die_with_parent, cwd=str(Path(__file__).resolve().parent.parent))
+    # checkpoints of earlier attempts (the stream knows their ids): rotation may remove them
+    known: dict[int, list[str]] = {}
+    for e in svc.store.read_stream(job_stream(job_id)):
+        if e.type == "CheckpointSaved":
+            known.setdefault(e.data["step"], []).append(e.data["id"])
+        elif e.type == "CheckpointDeleted":
+            for ids in known.values():
+                if e.data["id"] in ids:
+                    ids.remove(e.data["id"])
+    log_file = open(work / "recipe.log", "wb")
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "OMP_NUM_THREADS": str(config["num_threads"] or os.environ.get("OMP_NUM_THREADS", "") or 1),
+           "PYTHONUNBUFFERED": "1"}
+    if not nproc:
+        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed on the CPU: gloo
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    child = subprocess.Popen(launch_command(work / "config.json", nproc), stdout=log_file, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, env=env,
+                             cwd=str(Path(__file__).resolve().parent.parent))
     progress.add("JobMessage", {"level": "info", "message": f"Training started on the {state.queue} queue "
-                                f"(attempt {attempt})", "at": _now()}, urgent=True)
-    sel = selectors.DefaultSelector()
-    sel.register(child.stdout, selectors.EVENT_READ)
-    buf = b""
+                                f"(attempt {attempt}, {max(1, nproc)} process(es))", "at": _now()}, urgent=True)
+    tail = MetricsTail(work / "metrics.jsonl")
     done: dict[str, Any] | None = None
-    last_poll = time.monotonic()
+    paused: dict[str, Any] | None = None
+    last_poll = 0.0
     last_metrics: dict[str, Any] = {}
     last_output = time.monotonic()
-    eof = False
+    exited = False
     try:
         while True:
-            if eof:
-                time.sleep(0.1)
-            for _key, _ in sel.select(timeout=0.5) if not eof else []:
-                chunk = os.read(child.stdout.fileno(), 65536)
-                if not chunk:
-                    eof = True
-                    sel.unregister(child.stdout)
-                buf += chunk
-            while b"\n" in buf:
+            exited = child.poll() is not None
+            for rec in tail.read():
                 last_output = time.monotonic()
-                line, buf = buf.split(b"\n", 1)
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
                 kind = rec.pop("kind", None)
                 if kind == "metrics":
-                    last_metrics = rec
-                    progress.add("JobProgressed", {**rec, "at": _now()}, urgent=rec.get("valid_loss") is not None)
+                    remaining = rec.pop("remaining_seconds", None)
+                    if remaining is not None:
+                        rec["estimated_finish"] = _now() + int(remaining)
+                    last_metrics.update({k: v for k, v in rec.items() if k not in ("estimated_finish",)})
+                    progress.add("JobProgressed", {**rec, "at": _now()},
+                                 urgent=rec.get("valid_loss") is not None or rec.get("full_valid_loss") is not None)
                 elif kind == "checkpoint":
                     step = rec["step"]
+                    ckpt_id = f"ftckpt-{job_id[6:]}-a{attempt}-{step}"
                     progress.add("CheckpointSaved", {
-                        # the attempt is part of the id: a retried attempt saves the same steps again
-                        "id": f"ftckpt-{job_id[6:]}-a{attempt}-{step}", "attempt": attempt, "job_id": job_id,
-                        "project": state.project,
-                        "step": step, "path": rec["path"],
+                        # the attempt is part of the id: a resumed or retried attempt may save the same step
+                        "id": ckpt_id, "attempt": attempt, "job_id": job_id, "project": state.project,
+                        "step": step, "path": _rel(s.data_dir, Path(rec["path"])),
                         "fine_tuned_model_checkpoint": f"{_model_id(state)}:ckpt-step-{step}",
                         "metrics": rec["metrics"], "at": _now()}, urgent=True)
+                    known.setdefault(step, []).append(ckpt_id)
+                    for old_step in [k for k in known if k not in rec.get("kept", [step])]:
+                        for old_id in known.pop(old_step):
+                            progress.add("CheckpointDeleted", {"id": old_id, "step": old_step, "at": _now(),
+                                                               "keep": 3}, urgent=True)
                 elif kind == "message":
                     progress.add("JobMessage", {"level": rec.get("level", "info"), "message": rec["message"],
                                                 "at": _now()})
+                elif kind == "paused":
+                    paused = rec
                 elif kind == "done":
                     done = rec
             if time.monotonic() - last_poll >= 1.0:
@@ -276,6 +372,8 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
                 progress.poll()
                 if lease.lost.is_set():
                     raise Fenced("lease lost")
+                if progress.pause_requested and not (work / "control" / "pause").exists():
+                    (work / "control" / "pause").touch()  # the recipe checks it after every step
                 if time.monotonic() - last_output > s.stall_seconds:
                     # a hung recipe must not keep a heartbeat (and the job) alive for a day
                     _stop_child(child)
@@ -288,40 +386,72 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
                 progress.finish(extra=[NewEvent("JobCancelled", {"reason": "cancelled by request", "at": _now()},
                                                progress.metadata)])
                 return "cancelled"
-            if eof and child.poll() is not None:
+            if exited:
+                for rec in tail.read():  # whatever came in between the last read and the exit
+                    if rec.get("kind") == "done":
+                        done = rec
+                    elif rec.get("kind") == "paused":
+                        paused = rec
                 break
+            time.sleep(0.2)
     except BaseException:
         _stop_child(child)
         raise
     finally:
-        stderr.close()
-        sel.close()
+        log_file.close()
     rc = child.wait()
+    if rc == 0 and paused is not None:
+        step = paused["step"]
+        steps = known.get(step) or [None]
+        progress.finish(extra=[NewEvent("JobPaused", {"step": step, "checkpoint": steps[-1], "at": _now()},
+                                        progress.metadata)])
+        _clean_scratch(work)
+        return "paused"
     if rc != 0 or done is None:
-        log.error("job %s attempt %s: training exited with %s; stderr in %s", job_id, attempt, rc, work / "stderr.log")
+        log.error("job %s attempt %s: training exited with %s; log in %s", job_id, attempt, rc, work / "recipe.log")
         progress.finish(extra=[NewEvent("JobFailed", {"error": _error(
             "training_failed", f"the training process exited with status {rc}"
-            + (f": {reason}" if (reason := _failure_reason(work / 'stderr.log')) else "")), "at": _now()},
+            + (f": {reason}" if (reason := _failure_reason(work / 'recipe.log')) else "")), "at": _now()},
             progress.metadata)])
         return "failed"
     model_id = _model_id(state)
+    artifact_rel = artifacts.model_dir_rel(job_id)
+    final_metrics = {k: v for k, v in (done.get("metrics") or last_metrics).items()
+                     if k not in ("step_seconds", "grad_norm", "learning_rate", "tokens_per_second")}
     lineage = {
         "base_model": state.model, "job_id": job_id, "training_file": state.training_file,
         "training_file_sha256": won.training_file_sha256, "validation_file": state.validation_file,
         "hyperparameters": state.hyperparameters, "method": state.method, "seed": state.seed,
-        "attempt": attempt, "final_metrics": last_metrics,
+        "attempt": attempt, "final_metrics": final_metrics,
     }
     now = _now()
+    backend = "hf-lora" if config["lora"] else "hf-full"
     progress.finish(
         extra=[NewEvent("JobSucceeded", {"fine_tuned_model": model_id, "trained_tokens": done["trained_tokens"],
-                                         "artifact_path": artifact_rel, "at": now, "metrics": last_metrics},
+                                         "artifact_path": artifact_rel, "at": now, "metrics": final_metrics},
                         progress.metadata)],
         others=[Append(model_stream(model_id), 0, [NewEvent("ModelRegistered", {
-            "id": model_id, "project": state.project, "base_model": state.model, "backend": "hf-lora",
+            "id": model_id, "project": state.project, "base_model": state.model, "backend": backend,
             "job_id": job_id, "artifact_path": artifact_rel, "created_at": now, "lineage": lineage},
             progress.metadata)])],
     )
+    _clean_scratch(work)
     return model_id
+
+
+def _rel(data_dir: Path, path: Path) -> str:
+    """A path inside the artifact store as the log keeps it: relative to the data directory."""
+    return str(path.resolve().relative_to(Path(data_dir).resolve()))
+
+
+def _clean_scratch(work: Path) -> None:
+    """The attempt's scratch space (data copies, tokenized cache) goes; its log stays for operators."""
+    for name in ("train.jsonl", "valid.jsonl", "cache", "control"):
+        p = work / name
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink(missing_ok=True)
 
 
 _PATH = re.compile(r"(?:/[\w.@+-]+){2,}/?")
@@ -346,14 +476,33 @@ def _model_id(state) -> str:
     return f"ft:{state.model}:{state.project}:{suffix}:{state.id[-8:]}"
 
 
-def _stop_child(child: subprocess.Popen) -> None:
-    if child.poll() is None:
-        child.terminate()
+def _stop_child(child: subprocess.Popen, grace: float = 5.0) -> None:
+    """Stop the launcher and every process under it (torchrun starts each rank in a session of its own, so
+    a process-group kill would miss them): SIGTERM, then SIGKILL after `grace` seconds. Exiting frees
+    their GPU memory."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(child.pid)] + psutil.Process(child.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        procs = []
+    for p in procs:
         try:
-            child.wait(5)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _gone, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    try:
+        child.wait(1)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 __all__ = ["run_training"]

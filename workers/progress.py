@@ -1,5 +1,5 @@
 """Turns a training run's records into events: throttled (about one append a second, plus every
-eval and checkpoint), fenced by the stream's expected version, and watching for cancel requests."""
+eval and checkpoint), fenced by the stream's expected version, and watching for cancel and pause requests."""
 from __future__ import annotations
 
 import logging
@@ -31,6 +31,7 @@ class ProgressLog:
         self.pending: list[NewEvent] = []
         self.last_flush = 0.0
         self.cancel_requested = False
+        self.pause_requested = False
         self.unavailable_until = 0.0  # after a failed append, wait before trying again (backoff)
         self.backoff = 0.5
 
@@ -57,7 +58,10 @@ class ProgressLog:
         for e in self.store.read_stream(self.stream, after_version=self.version):
             if e.type == "CancelRequested":
                 self.cancel_requested = True
-            elif e.type in ("JobStarted", "JobAttemptLost", "JobFailed", "JobSucceeded", "JobCancelled"):
+            elif e.type == "PauseRequested":
+                self.pause_requested = True
+            elif e.type in ("JobStarted", "JobAttemptLost", "JobFailed", "JobSucceeded", "JobCancelled", "JobPaused",
+                            "JobResumed"):
                 raise Fenced(f"{self.stream} got {e.type} at version {e.stream_version} from someone else")
             self.version = e.stream_version
 
