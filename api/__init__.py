@@ -10,7 +10,7 @@ from flask import Flask
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     import logging
 
-    from api import admin, auth, chat, errors, health, knowledge, limits, openai_compat, registry, web
+    from api import admin, auth, chat, errors, health, job_control, knowledge, limits, openai_compat, registry, web
     from eventlog import settings as settings_mod
     from eventlog.bootstrap import bootstrap
 
@@ -31,6 +31,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     limits.register(app)  # after auth: rates are per API key
     app.register_blueprint(health.bp)
     app.register_blueprint(openai_compat.bp)
+    app.register_blueprint(job_control.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(knowledge.bp)
     app.register_blueprint(registry.bp)
