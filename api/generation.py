@@ -147,6 +147,33 @@ class ModelServer:
                 loaded.adapters.add(name)
         return name
 
+    def _is_full_model(self, artifact_path: str) -> bool:
+        folder = self.data_dir / artifact_path
+        return not (folder / "adapter_config.json").exists() and (folder / "config.json").exists()
+
+    def _full(self, artifact_path: str) -> _Loaded:
+        """A fully fine-tuned model (or such a checkpoint), loaded from its folder; the two most recently
+        used stay loaded (each is as large as its base)."""
+        import torch
+        AutoModelForCausalLM, AutoTokenizer = _from_transformers("AutoModelForCausalLM", "AutoTokenizer")
+
+        key = "full:" + artifact_path
+        with self._load_lock:
+            loaded = self._bases.pop(key, None)
+            if loaded is None:
+                path = self.data_dir / artifact_path
+                dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+                if torch.cuda.is_available():
+                    model = model.to("cuda")
+                model.eval()
+                loaded = _Loaded(AutoTokenizer.from_pretrained(path), model)
+                full = [k for k in self._bases if k.startswith("full:")]
+                for old in full[:-1]:  # keep at most two full models (this one included)
+                    del self._bases[old]
+            self._bases[key] = loaded  # re-inserted: the dict's order is the order of use
+            return loaded
+
     def warm(self, base_id: str) -> None:
         self._base(base_id)
 
@@ -194,8 +221,11 @@ class ModelServer:
             raise TooManyRequests(f"the model is busy: no generation slot came free within {queue_timeout:g} s; "
                                   "retry shortly", retry_after=5, code="model_busy")
         try:
-            loaded = self._base(base_id)
-            adapter = self._with_adapter(loaded, model_id, artifact_path) if artifact_path else None
+            if artifact_path and self._is_full_model(artifact_path):  # full fine-tuning: weights of its own
+                loaded, adapter = self._full(artifact_path), None
+            else:
+                loaded = self._base(base_id)
+                adapter = self._with_adapter(loaded, model_id, artifact_path) if artifact_path else None
             return Run(self._pieces(loaded, adapter, messages, max_tokens, temperature, top_p, seed, result,
                                     time_limit), self._gen_lock.release)
         except BaseException:
