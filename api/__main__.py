@@ -14,6 +14,10 @@ def gunicorn_args(app: str, host: str, port: str) -> list[str]:
     threads = str(web_threads())
     return ["gunicorn", "--workers", "1", "--threads", threads, "--worker-class", "gthread",
             "--bind", f"{host}:{port}", "--graceful-timeout", "5", "--timeout", "120",
+            # idle keep-alive connections stay open a minute (gthread parks them in its poller, no thread):
+            # with gunicorn's 2 s default, a client that pauses between polls (the openai SDK does) can
+            # send on a connection the server is closing and get "connection reset"
+            "--keep-alive", "65",
             "--access-logfile", "-", "--no-control-socket",
             "--access-logformat", '%(h)s "%(r)s" %(s)s %(b)s %(L)ss', app]
 
