@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import random
@@ -15,8 +16,8 @@ from flask import Blueprint, g, jsonify, request, send_file
 
 from api.auth import require
 from api.common import Idempotent, append_and_respond, json_body, metadata, now, owned, page_limit, svc
-from domain.configs import parse_method
-from domain.datasets import check_chat_jsonl
+from domain.configs import Hyperparameters, parse_method
+from domain.datasets import check_jsonl
 from domain.errors import ConcurrencyConflict, Conflict, NotFound, PayloadTooLarge, ValidationError
 from domain.events import FileDeleted, FileUploaded, JobCreated, file_stream, job_stream, upcast
 from domain.jobs import JobState, evolve, fold
@@ -106,9 +107,9 @@ def upload_file():
 
     max_ctx = max(m.context_length for m in BASE_MODELS.values())
     # The minimum example count applies to training files only (a validation file may be small), so
-    # it is checked when a job names the file; here a file needs at least one example.
-    report = check_chat_jsonl(content, min_examples=1, max_tokens=max_ctx,
-                              count_tokens=counter(s.model_dir))
+    # it is checked when a job names the file; here a file needs at least one example. Chat or preference
+    # (DPO) format, told by the first example: the file's stats say which, and a job checks it against its method.
+    report = check_jsonl(content, min_examples=1, max_tokens=max_ctx, count_tokens=counter(s.model_dir))
     file_id = "file-" + uuid.uuid4().hex[:24]
     ev = FileUploaded(id=file_id, project=g.principal.project, filename=filename, purpose=purpose,
                       bytes=len(content), sha256=sha, created_at=now(), stats=report.stats())
@@ -231,6 +232,52 @@ def _resolve_model(model: Any) -> tuple[str, int]:
 
 ALLOWED_JOB_KEYS = {"model", "training_file", "validation_file", "suffix", "seed", "metadata", "method",
                     "hyperparameters", "integrations"}
+# the dataset format each method trains on (domain/datasets.py), and how a message names it
+METHOD_FORMAT = {"supervised": "chat", "dpo": "preference"}
+FORMAT_NAMES = {"chat": "chat format (messages)",
+                "preference": "OpenAI's preference format (input, preferred_output, non_preferred_output)"}
+
+
+def file_format(row: dict[str, Any]) -> str:
+    """A file's dataset format; files uploaded before formats were told apart are chat files."""
+    return (row["stats"] or {}).get("format") or "chat"
+
+
+def qlora_unavailable() -> str | None:
+    """Why this server cannot train with 4-bit base weights, or None if it can. QLoRA needs CUDA (training
+    goes to the gpu queue) and bitsandbytes; the package is looked up, never imported (nor torch) here."""
+    reasons = []
+    if svc().settings.training_queue != "gpu":
+        reasons.append(f"training goes to the {svc().settings.training_queue!r} queue, not a CUDA ('gpu') one")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        reasons.append("the bitsandbytes package is not installed")
+    return "; ".join(reasons) or None
+
+
+def check_method_options(method_type: str, hp: Hyperparameters, train: dict[str, Any],
+                         valid: dict[str, Any] | None, context_length: int) -> None:
+    """What the hyperparameters alone cannot tell: the files' format, a validation file where an option
+    needs one, QLoRA on this server, the sequence length against the model's context."""
+    need = METHOD_FORMAT[method_type]
+    for f, param in ((train, "training_file"), (valid, "validation_file")):
+        if f is not None and file_format(f) != need:
+            have = file_format(f)
+            raise ValidationError(f"{param} {f['id']} is in {FORMAT_NAMES.get(have, have)}; method "
+                                  f"\"{method_type}\" needs {FORMAT_NAMES[need]}", param=param,
+                                  code="invalid_file_format")
+    if valid is None:
+        for name in ("early_stopping_patience", "eval_interval"):
+            if getattr(hp, name) is not None:
+                raise ValidationError(f"{name} needs a validation_file (evaluation, and early stopping on its "
+                                      "loss, run on the validation file)", param=hp.param(name))
+    if hp.qlora:
+        why = qlora_unavailable()
+        if why:
+            raise ValidationError(f"qlora is not available on this server: {why}", param=hp.param("qlora"),
+                                  code="unsupported_hyperparameter")
+    if hp.max_seq_len is not None and hp.max_seq_len > context_length:
+        raise ValidationError(f"max_seq_len {hp.max_seq_len} is over the model's context length of "
+                              f"{context_length}", param=hp.param("max_seq_len"))
 
 
 @bp.post("/fine_tuning/jobs")
@@ -280,6 +327,7 @@ def create_job():
     if body.get("integrations"):
         raise ValidationError("integrations are not supported", param="integrations")
     method_type, hp = parse_method(body.get("method"), body.get("hyperparameters"))
+    check_method_options(method_type, hp, train, valid, context_length)
     resolved = hp.resolve(train["stats"].get("n_examples") or 0)
     job_id = "ftjob-" + uuid.uuid4().hex[:24]
     ev = JobCreated(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from domain.configs import DEEPSPEED_STAGES, LORA_ONLY, MAX_TARGET_MODULES
+
 NULLABLE_STR = {"type": ["string", "null"]}
 NULLABLE_INT = {"type": ["integer", "null"]}
 ERR = {"description": "an error (4xx for the client's, 5xx for a fault; 429 and 503 with Retry-After)",
@@ -74,6 +76,68 @@ SSE_EVENT = {"type": "object", "required": ["data"], "properties": {
 SSE = {"text/event-stream": {"schema": SSE_EVENT}}
 
 
+def _int_range(lo: int, hi: int, nullable: bool = False, **extra: Any) -> dict[str, Any]:
+    return {"type": ["integer", "null"] if nullable else "integer", "minimum": lo, "maximum": hi, **extra}
+
+
+def _auto_or(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"oneOf": [{"const": "auto"}, schema]}
+
+
+# OpenAI's three hyperparameters ("auto", or a value; null is "auto" too)
+OPENAI_HP = {
+    "n_epochs": _auto_or({"type": ["integer", "null"], "minimum": 1, "maximum": 50}),
+    "batch_size": _auto_or({"type": ["integer", "null"], "minimum": 1, "maximum": 256}),
+    "learning_rate_multiplier": _auto_or({"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 100}),
+}
+# tunelog's own (domain/configs.py), for local training only; under method.<type>.hyperparameters
+EXTENSION_HP = {
+    "lora": {"type": "boolean", "default": True,
+             "description": "train LoRA adapters; false: full fine-tuning of every weight (then lora_r, lora_alpha, "
+                            "lora_dropout and target_modules may not be given, and qlora may not be true)"},
+    "lora_r": _int_range(1, 256, default=16, description="LoRA rank"),
+    "lora_alpha": _int_range(1, 4096, description="LoRA scaling; default 2 * lora_r"),
+    "lora_dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.05},
+    "target_modules": {"oneOf": [{"const": "all-linear"}, {
+        "type": "array", "minItems": 1, "maxItems": MAX_TARGET_MODULES, "uniqueItems": True,
+        "items": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_.]{0,63}$"}}], "default": "all-linear",
+        "description": "the modules LoRA adapts: every linear layer, or these module names"},
+    "qlora": {"type": "boolean", "default": False,
+              "description": "4-bit base weights (QLoRA); needs lora, a CUDA training queue and bitsandbytes"},
+    "deepspeed": {"enum": [*DEEPSPEED_STAGES, None], "default": None, "description": "a DeepSpeed ZeRO stage"},
+    "checkpoint_interval": _int_range(1, 1_000_000, nullable=True, description=(
+        "steps between checkpoints; null: one at the end of each epoch")),
+    "eval_interval": _int_range(1, 1_000_000, nullable=True, description=(
+        "steps between evaluations (needs a validation_file); null: at each checkpoint")),
+    "early_stopping_patience": _int_range(1, 1000, nullable=True, description=(
+        "stop after this many evaluations without a better validation loss (needs a validation_file)")),
+    "packing": {"type": "boolean", "default": False, "description": "pack several examples into each sequence"},
+    "max_seq_len": _int_range(16, 131072, nullable=True, description=(
+        "tokens per sequence, at most the model's context length; null: the server's default")),
+}
+# with lora false, the adapter options may not be given, and qlora may not be true
+LORA_FALSE_RULE = {"if": {"required": ["lora"], "properties": {"lora": {"const": False}}},
+                   "then": {"not": {"anyOf": [{"required": [name]} for name in LORA_ONLY]},
+                            "properties": {"qlora": {"const": False}}}}
+BETA = _auto_or({"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 10,
+                 "description": "DPO's beta (\"auto\": 0.1)"})
+# The two dataset formats /v1/files accepts, one JSON object a line (documentation: no operation refers to them)
+MESSAGE = _obj(["role"], role={"enum": ["system", "user", "assistant", "tool", "function"]},
+               content={"type": "string"}, name={"type": "string"}, weight={"enum": [0, 1]},
+               tool_calls={"type": "array"}, function_call={"type": "object"}, tool_call_id={"type": "string"})
+ASSISTANT = {"type": "array", "minItems": 1, "items": {
+    "type": "object", "required": ["role", "content"], "additionalProperties": False,
+    "properties": {"role": {"const": "assistant"}, "content": {"type": "string", "minLength": 1},
+                   "name": {"type": "string"}}}}
+
+
+def _method(name: str, hyperparameters: str) -> dict[str, Any]:
+    return {"type": "object", "required": ["type"], "additionalProperties": False, "properties": {
+        "type": {"const": name},
+        name: {"type": ["object", "null"], "additionalProperties": False, "properties": {
+            "hyperparameters": {"oneOf": [_ref(hyperparameters), {"type": "null"}]}}}}}
+
+
 def schemas() -> dict[str, Any]:
     return {
         "Error": _obj(["error"], error=_obj(["message"], code=NULLABLE_STR, message={"type": "string"},
@@ -100,23 +164,48 @@ def schemas() -> dict[str, Any]:
                 "metadata": {"type": ["object", "null"], "maxProperties": 16,
                              "propertyNames": {"maxLength": 64},
                              "additionalProperties": {"type": "string", "maxLength": 512}},
-                "method": {"type": ["object", "null"], "properties": {
-                    "type": {"enum": ["supervised", "dpo", "dspy"]},
-                    "supervised": {"type": "object", "properties": {"hyperparameters": _ref("Hyperparameters")}}}},
-                "hyperparameters": {"oneOf": [_ref("Hyperparameters"), {"type": "null"}]},
+                "method": {"oneOf": [{"type": "null"}, _ref("SupervisedMethod"), _ref("DpoMethod")],
+                           "description": "supervised trains on a chat-format file, dpo on a preference-format "
+                                          "one (training_file and validation_file alike)"},
+                "hyperparameters": {"oneOf": [_ref("Hyperparameters"), {"type": "null"}],
+                                    "description": "deprecated (OpenAI's): the supervised method's three; not "
+                                                   "together with method"},
                 "integrations": {"type": ["array", "null"], "maxItems": 0},
-            }},
-        "Hyperparameters": {"type": "object", "additionalProperties": False, "properties": {
-            "n_epochs": {"oneOf": [{"const": "auto"}, {"type": "integer", "minimum": 1, "maximum": 50}]},
-            "batch_size": {"oneOf": [{"const": "auto"}, {"type": "integer", "minimum": 1, "maximum": 256}]},
-            "learning_rate_multiplier": {"oneOf": [{"const": "auto"},
-                                                   {"type": "number", "exclusiveMinimum": 0, "maximum": 100}]}}},
+            },
+            # not both method and the deprecated hyperparameters (null stands for absent)
+            "not": {"required": ["method", "hyperparameters"], "properties": {
+                "method": {"type": "object"}, "hyperparameters": {"type": "object"}}}},
+        "Hyperparameters": {"type": "object", "additionalProperties": False, "properties": OPENAI_HP},
+        "SupervisedMethod": _method("supervised", "SupervisedHyperparameters"),
+        "DpoMethod": _method("dpo", "DpoHyperparameters"),
+        "SupervisedHyperparameters": {"type": "object", "additionalProperties": False,
+                                      "properties": {**OPENAI_HP, **EXTENSION_HP}, **LORA_FALSE_RULE},
+        "DpoHyperparameters": {"type": "object", "additionalProperties": False,
+                               "properties": {**OPENAI_HP, "beta": BETA, **EXTENSION_HP}, **LORA_FALSE_RULE},
+        "ChatExample": {**_obj(["messages"], messages={"type": "array", "minItems": 1, "items": MESSAGE},
+                               tools={"type": "array"}, functions={"type": "array"},
+                               parallel_tool_calls={"type": "boolean"}, metadata={"type": "object"}),
+                        "additionalProperties": False,
+                        "description": "one line of a chat-format file (supervised): at least one assistant "
+                                       "message"},
+        "PreferenceExample": {**_obj(["input", "preferred_output", "non_preferred_output"],
+                                     input={**_obj(["messages"], messages={"type": "array", "minItems": 1,
+                                                                           "items": MESSAGE},
+                                                   tools={"type": "array"}, parallel_tool_calls={"type": "boolean"}),
+                                            "additionalProperties": False},
+                                     preferred_output=ASSISTANT, non_preferred_output=ASSISTANT),
+                              "additionalProperties": False,
+                              "description": "one line of a preference-format file (OpenAI's, for dpo): the "
+                                             "conversation so far, a preferred and a non-preferred answer"},
         "Job": _obj(
             ["id", "object", "created_at", "model", "status", "training_file", "hyperparameters", "method"],
             id={"type": "string"}, object={"const": "fine_tuning.job"}, created_at={"type": "integer"},
             error={"oneOf": [{"type": "null"}, _obj(["message"], code=NULLABLE_STR, message={"type": "string"},
                                                     param=NULLABLE_STR)]},
-            fine_tuned_model=NULLABLE_STR, finished_at=NULLABLE_INT, hyperparameters={"type": "object"},
+            fine_tuned_model=NULLABLE_STR, finished_at=NULLABLE_INT, hyperparameters={
+                "type": "object", "description": "the resolved values: every hyperparameter of the method, "
+                                                 "nothing \"auto\" (jobs created before the extensions have "
+                                                 "OpenAI's three only)"},
             model={"type": "string"}, organization_id={"type": "string"}, result_files={"type": "array"},
             seed=NULLABLE_INT, status={"enum": JOB_STATUSES}, trained_tokens=NULLABLE_INT,
             training_file={"type": "string"}, validation_file=NULLABLE_STR, estimated_finish=NULLABLE_INT,
@@ -285,7 +374,10 @@ def document() -> dict[str, Any]:
                     _q("purpose", "filter"), _q("after", "cursor: a file id"), _limit(10000)]),
                 "post": _op("Upload a JSONL training file", "files", returns="File", body={"multipart/form-data": {
                     "schema": {"type": "object", "required": ["file", "purpose"],
-                               "properties": {"file": {"type": "string", "format": "binary"},
+                               "properties": {"file": {"type": "string", "format": "binary", "description": (
+                                   "JSONL, one example a line: chat format (ChatExample, for supervised jobs) "
+                                   "or OpenAI's preference format (PreferenceExample, for dpo jobs), told by "
+                                   "the first example; every bad line is reported with its number")},
                                               "purpose": {"enum": ["fine-tune"]}}}}}),
             },
             "/v1/files/{file_id}": {"get": _op("Retrieve a file", "files", returns="File", params=[file_id]),

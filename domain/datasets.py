@@ -1,9 +1,14 @@
-"""Chat fine-tuning data checks, with the OpenAI cookbook's error categories and line numbers."""
+"""Fine-tuning data checks, with the OpenAI cookbook's error categories and line numbers.
+
+Two of OpenAI's JSONL formats: chat (`{"messages": [...]}`, for supervised fine-tuning) and preference
+(`{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}`, for DPO).
+`check_jsonl` tells them apart by the first example and checks the file as that format.
+"""
 from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +17,10 @@ from domain.errors import ValidationError
 ROLES = {"system", "user", "assistant", "tool", "function"}
 MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "function_call", "tool_call_id"}
 EXAMPLE_KEYS = {"messages", "tools", "functions", "parallel_tool_calls", "metadata"}
+PREFERENCE_KEYS = {"input", "preferred_output", "non_preferred_output"}
+INPUT_KEYS = {"messages", "tools", "parallel_tool_calls"}
+OUTPUT_MESSAGE_KEYS = {"role", "content", "name"}
+FORMATS = ("chat", "preference")
 
 # category -> human text, in the cookbook's words
 CATEGORIES = {
@@ -27,6 +36,14 @@ CATEGORIES = {
     "invalid_weight": "weight must be 0 or 1 on assistant messages",
     "example_missing_assistant_message": "no assistant message",
     "too_long": "example is over the context length",
+    # the preference (DPO) format
+    "missing_input": "missing an \"input\" object",
+    "unrecognized_input_key": "unknown key(s) in input",
+    "missing_input_messages": "missing an \"input.messages\" list",
+    "missing_preferred_output": "missing a \"preferred_output\" list of assistant messages",
+    "invalid_preferred_output": "preferred_output must hold assistant messages with text content",
+    "missing_non_preferred_output": "missing a \"non_preferred_output\" list of assistant messages",
+    "invalid_non_preferred_output": "non_preferred_output must hold assistant messages with text content",
 }
 
 
@@ -51,93 +68,100 @@ class DatasetReport:
     total_tokens: int = 0
     max_tokens: int = 0
     errors: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
-    details: dict[int, str] = field(default_factory=dict)
+    details: dict[tuple[str, int], str] = field(default_factory=dict)  # (category, line): the first detail
+    format: str = "chat"  # "chat" | "preference"
 
     def add(self, category: str, line: int, detail: str = "") -> None:
         self.errors[category].append(line)
-        if detail and line not in self.details:
+        if detail and (category, line) not in self.details:
             # details quote the client's data: bounded, so a huge value cannot make a huge error message
-            self.details[line] = detail if len(detail) <= MAX_DETAIL else detail[:MAX_DETAIL] + "..."
+            self.details[category, line] = detail if len(detail) <= MAX_DETAIL else detail[:MAX_DETAIL] + "..."
 
     def stats(self) -> dict[str, Any]:
-        return {"n_examples": self.n_examples, "total_tokens": self.total_tokens, "max_tokens": self.max_tokens}
+        return {"n_examples": self.n_examples, "total_tokens": self.total_tokens, "max_tokens": self.max_tokens,
+                "format": self.format}
 
 
-def check_chat_jsonl(
-    content: bytes,
-    *,
-    min_examples: int,
-    max_tokens: int,
-    count_tokens: Callable[[list[dict[str, Any]]], int] | None = None,
-) -> DatasetReport:
-    """Check every line; collect every problem (not only the first). Raises ValidationError if any."""
-    report = DatasetReport()
+CountTokens = Callable[[list[dict[str, Any]]], int]
+
+
+def _decode(content: bytes) -> str:
     try:
-        text = content.decode("utf-8-sig")  # a leading byte order mark is not part of the first line
+        return content.decode("utf-8-sig")  # a leading byte order mark is not part of the first line
     except UnicodeDecodeError as e:
         line = content.count(b"\n", 0, e.start) + 1
         raise ValidationError(f"Invalid file format: the file is not UTF-8 text (line {line}, byte {e.start})",
                               param="file", code="invalid_file_format") from e
+
+
+def _parse(raw: str) -> tuple[Any, str | None, str]:
+    """(value, error category, detail) of one line."""
+    try:
+        return json.loads(raw), None, ""
+    except json.JSONDecodeError as e:
+        return None, "invalid_json", e.msg
+    except RecursionError:  # the json module's nesting limit: a hostile line, not a server fault
+        return None, "too_deep", ""
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        return None, "invalid_json", str(e)
+
+
+def _objects(text: str, report: DatasetReport) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, example object) of every non-blank line that is one; the others are reported."""
     for lineno, raw in _lines(text):
         if not raw.strip():
             continue
-        try:
-            ex = json.loads(raw)
-        except json.JSONDecodeError as e:
-            report.add("invalid_json", lineno, e.msg)
-            continue
-        except RecursionError:  # the json module's nesting limit: a hostile line, not a server fault
-            report.add("too_deep", lineno)
-            continue
-        except ValueError as e:  # e.g. an integer of more than 4300 digits
-            report.add("invalid_json", lineno, str(e))
+        ex, category, detail = _parse(raw)
+        if category:
+            report.add(category, lineno, detail)
             continue
         report.n_examples += 1
         if not isinstance(ex, dict):
             report.add("data_type", lineno)
             continue
-        unknown = set(ex) - EXAMPLE_KEYS
-        if unknown:
-            report.add("unrecognized_example_key", lineno, ", ".join(sorted(unknown)))
-        messages = ex.get("messages")
-        if not isinstance(messages, list) or not messages:
-            report.add("missing_messages_list", lineno)
-            continue
-        ok = True
-        for m in messages:
-            if not isinstance(m, dict) or "role" not in m or ("content" not in m and "tool_calls" not in m
-                                                               and "function_call" not in m):
-                report.add("message_missing_key", lineno)
-                ok = False
-                continue
-            bad = set(m) - MESSAGE_KEYS
-            if bad:
-                report.add("message_unrecognized_key", lineno, ", ".join(sorted(bad)))
-                ok = False
-            if not isinstance(m["role"], str) or m["role"] not in ROLES:  # a list or object is unhashable
-                report.add("unrecognized_role", lineno, _short(m["role"]))
-                ok = False
-            c = m.get("content")
-            if ("tool_calls" not in m and "function_call" not in m) and (not isinstance(c, str) or not c.strip()):
-                report.add("missing_content", lineno)
-                ok = False
-            if "weight" in m and (m["role"] != "assistant" or m["weight"] not in (0, 1)):
-                report.add("invalid_weight", lineno)
-                ok = False
-        if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
-            report.add("example_missing_assistant_message", lineno)
+        yield lineno, ex
+
+
+def _check_messages(messages: list[Any], lineno: int, report: DatasetReport,
+                    keys: set[str] = MESSAGE_KEYS) -> bool:
+    """Each message of a conversation (chat's `messages`, preference's `input.messages`)."""
+    ok = True
+    for m in messages:
+        if not isinstance(m, dict) or "role" not in m or ("content" not in m and "tool_calls" not in m
+                                                           and "function_call" not in m):
+            report.add("message_missing_key", lineno)
             ok = False
-        if ok and count_tokens is not None:
-            n = count_tokens(messages)
-            report.total_tokens += n
-            report.max_tokens = max(report.max_tokens, n)
-            if n > max_tokens:
-                report.add("too_long", lineno, f"{n} tokens > {max_tokens}")
+            continue
+        bad = set(m) - keys
+        if bad:
+            report.add("message_unrecognized_key", lineno, ", ".join(sorted(bad)))
+            ok = False
+        if not isinstance(m["role"], str) or m["role"] not in ROLES:  # a list or object is unhashable
+            report.add("unrecognized_role", lineno, _short(m["role"]))
+            ok = False
+        c = m.get("content")
+        if ("tool_calls" not in m and "function_call" not in m) and (not isinstance(c, str) or not c.strip()):
+            report.add("missing_content", lineno)
+            ok = False
+        if "weight" in m and (m["role"] != "assistant" or m["weight"] not in (0, 1)):
+            report.add("invalid_weight", lineno)
+            ok = False
+    return ok
+
+
+def _count(report: DatasetReport, lineno: int, n: int, max_tokens: int, total: int | None = None) -> None:
+    report.total_tokens += n if total is None else total
+    report.max_tokens = max(report.max_tokens, n)
+    if n > max_tokens:
+        report.add("too_long", lineno, f"{n} tokens > {max_tokens}")
+
+
+def _raise_if_any(report: DatasetReport, min_examples: int) -> DatasetReport:
     problems = []
     for category, lines in report.errors.items():
         shown = ", ".join(str(n) for n in lines[:10]) + (f" and {len(lines) - 10} more" if len(lines) > 10 else "")
         extra = ""
-        first = report.details.get(lines[0])
+        first = report.details.get((category, lines[0]))
         if first:
             extra = f" (line {lines[0]}: {first})"
         problems.append(f"{CATEGORIES[category]} [{category}] on line(s) {shown}{extra}")
@@ -148,3 +172,124 @@ def check_chat_jsonl(
         raise ValidationError("Invalid training file: " + "; ".join(problems), param="file",
                               code="invalid_file_format")
     return report
+
+
+def check_chat_jsonl(
+    content: bytes,
+    *,
+    min_examples: int,
+    max_tokens: int,
+    count_tokens: CountTokens | None = None,
+) -> DatasetReport:
+    """Check every line; collect every problem (not only the first). Raises ValidationError if any."""
+    report = DatasetReport(format="chat")
+    for lineno, ex in _objects(_decode(content), report):
+        unknown = set(ex) - EXAMPLE_KEYS
+        if unknown:
+            report.add("unrecognized_example_key", lineno, ", ".join(sorted(unknown)))
+        messages = ex.get("messages")
+        if not isinstance(messages, list) or not messages:
+            report.add("missing_messages_list", lineno)
+            continue
+        ok = _check_messages(messages, lineno, report)
+        if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
+            report.add("example_missing_assistant_message", lineno)
+            ok = False
+        if ok and count_tokens is not None:
+            _count(report, lineno, count_tokens(messages), max_tokens)
+    return _raise_if_any(report, min_examples)
+
+
+def _check_output(ex: dict[str, Any], name: str, lineno: int, report: DatasetReport) -> bool:
+    """`preferred_output` / `non_preferred_output`: a non-empty list of assistant messages with text."""
+    output = ex.get(name)
+    if not isinstance(output, list) or not output:
+        report.add(f"missing_{name}", lineno, "" if name not in ex else f"got {_short(output)}")
+        return False
+    for i, m in enumerate(output):
+        problem = ""
+        if not isinstance(m, dict):
+            problem = f"item {i} is not a message object"
+        elif set(m) - OUTPUT_MESSAGE_KEYS:
+            problem = f"item {i} has unknown key(s) {', '.join(sorted(set(m) - OUTPUT_MESSAGE_KEYS))}"
+        elif m.get("role") != "assistant":
+            problem = f"item {i} has role {_short(m.get('role'))}, not 'assistant'"
+        elif not isinstance(m.get("content"), str) or not m["content"].strip():
+            problem = f"item {i} has no text content"
+        if problem:
+            report.add(f"invalid_{name}", lineno, problem)
+            return False
+    return True
+
+
+def check_preference_jsonl(
+    content: bytes,
+    *,
+    min_examples: int,
+    max_tokens: int,
+    count_tokens: CountTokens | None = None,
+) -> DatasetReport:
+    """OpenAI's preference (DPO) format, checked as check_chat_jsonl checks chat: every problem of every line.
+
+    The input's messages need no assistant turn (the outputs are the answers). An example's size is its input
+    with the longer of its two outputs (max_tokens is held against the context length); total_tokens counts
+    both sequences, which the trainer both runs."""
+    report = DatasetReport(format="preference")
+    for lineno, ex in _objects(_decode(content), report):
+        unknown = set(ex) - PREFERENCE_KEYS
+        if unknown:
+            report.add("unrecognized_example_key", lineno, ", ".join(sorted(unknown)))
+        ok = True
+        inp = ex.get("input")
+        messages: Any = None
+        if not isinstance(inp, dict):
+            report.add("missing_input", lineno, "" if "input" not in ex else f"got {_short(inp)}")
+            ok = False
+        else:
+            bad = set(inp) - INPUT_KEYS
+            if bad:
+                report.add("unrecognized_input_key", lineno, ", ".join(sorted(bad)))
+                ok = False
+            messages = inp.get("messages")
+            if not isinstance(messages, list) or not messages:
+                report.add("missing_input_messages", lineno)
+                ok = False
+            elif not _check_messages(messages, lineno, report, MESSAGE_KEYS - {"weight"}):
+                ok = False
+        ok = _check_output(ex, "preferred_output", lineno, report) and ok
+        ok = _check_output(ex, "non_preferred_output", lineno, report) and ok
+        if ok and count_tokens is not None:
+            chosen = count_tokens(messages + ex["preferred_output"])
+            rejected = count_tokens(messages + ex["non_preferred_output"])
+            _count(report, lineno, max(chosen, rejected), max_tokens, total=chosen + rejected)
+    return _raise_if_any(report, min_examples)
+
+
+def detect_format(content: bytes) -> str:
+    """The file's format, "chat" or "preference", from the first non-blank line that is a JSON object:
+    `messages` makes it chat; `input`, `preferred_output` or `non_preferred_output` preference; else chat."""
+    text = content.decode("utf-8-sig", errors="replace")  # an undecodable file is refused by the check itself
+    for _lineno, raw in _lines(text):
+        if not raw.strip():
+            continue
+        ex, category, _detail = _parse(raw)
+        if category or not isinstance(ex, dict):
+            continue
+        if "messages" in ex:
+            return "chat"
+        if "input" in ex or "preferred_output" in ex or "non_preferred_output" in ex:
+            return "preference"
+        return "chat"
+    return "chat"
+
+
+def check_jsonl(
+    content: bytes,
+    *,
+    min_examples: int,
+    max_tokens: int,
+    count_tokens: CountTokens | None = None,
+) -> DatasetReport:
+    """Check a file in whichever of the two formats its first example is; `stats()["format"]` says which."""
+    check = check_preference_jsonl if detect_format(content) == "preference" else check_chat_jsonl
+    return check(content, min_examples=min_examples, max_tokens=max_tokens, count_tokens=count_tokens)
