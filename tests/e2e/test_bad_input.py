@@ -110,9 +110,10 @@ def test_bad_job_requests(stack, trainer, good_file):
     assert_rejected(stack, 400, job(stack, k, model="smollm2-135m-instruct", training_file="file-missing"),
                     param="training_file", contains=["file-missing"])
     assert_rejected(stack, 400, job(stack, k, model="smollm2-135m-instruct"), param="training_file")
-    for hp, param in [({"n_epochs": -1}, "hyperparameters.n_epochs"), ({"n_epochs": "ten"}, "hyperparameters.n_epochs"),
-                      ({"batch_size": "big"}, "hyperparameters.batch_size"),
-                      ({"learning_rate_multiplier": -2}, "hyperparameters.learning_rate_multiplier")]:
+    path = "method.supervised.hyperparameters."
+    for hp, param in [({"n_epochs": -1}, path + "n_epochs"), ({"n_epochs": "ten"}, path + "n_epochs"),
+                      ({"batch_size": "big"}, path + "batch_size"),
+                      ({"learning_rate_multiplier": -2}, path + "learning_rate_multiplier")]:
         assert_rejected(stack, 400, job(stack, k, model="smollm2-135m-instruct", training_file=good_file,
                                         method={"type": "supervised", "supervised": {"hyperparameters": hp}}),
                         param=param)

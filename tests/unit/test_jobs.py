@@ -39,7 +39,7 @@ def test_unknown_event_types_only_advance_the_version():
     ({"batch_size": 0}, "hyperparameters.batch_size"),
     ({"learning_rate_multiplier": 0}, "hyperparameters.learning_rate_multiplier"),
     ({"learning_rate_multiplier": "fast"}, "hyperparameters.learning_rate_multiplier"),
-    ({"warmup": 3}, "hyperparameters"),
+    ({"warmup": 3}, "hyperparameters.warmup"),
 ])
 def test_bad_hyperparameters_name_the_parameter(hp, param):
     with pytest.raises(ValidationError) as e:
@@ -48,7 +48,10 @@ def test_bad_hyperparameters_name_the_parameter(hp, param):
 
 
 def test_auto_hyperparameters_resolve_from_the_dataset_size():
-    assert SupervisedHyperparameters().resolve(64) == {"n_epochs": 2, "batch_size": 6, "learning_rate_multiplier": 1.0}
+    resolved = SupervisedHyperparameters().resolve(64)
+    assert {k: resolved[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")} == {
+        "n_epochs": 2, "batch_size": 6, "learning_rate_multiplier": 1.0}
+    assert resolved["lora"] is True and resolved["lora_r"] == 16 and resolved["deepspeed"] is None
     method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}}}
     assert parse_method(method, None)[1].n_epochs == 3
     with pytest.raises(ValidationError, match="method.type"):
