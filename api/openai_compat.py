@@ -389,7 +389,7 @@ def cancel_job(job_id: str):
             return jsonify(job_object(state))
         meta = metadata(job_id)
         new = [NewEvent("CancelRequested", {"actor": g.principal.key_id, "at": now()}, meta)]
-        if state.status == "queued":  # nobody runs it yet: cancelled at once
+        if state.status in ("queued", "paused"):  # nobody runs it: cancelled at once
             new.append(NewEvent("JobCancelled", {"reason": "cancelled before it started", "at": now()}, meta))
         after = state
         for i, e in enumerate(new):
@@ -424,16 +424,24 @@ MESSAGES = {
 LEVELS = {"JobFailed": "error", "JobAttemptLost": "warn"}
 
 
+# OpenAI's metrics fields, then tunelog's: a record carries those it measured (an evaluation at the end
+# has no training loss), the others are null
+METRIC_FIELDS = ("step", "total_steps", "epoch", "train_loss", "train_mean_token_accuracy", "valid_loss",
+                 "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy", "learning_rate",
+                 "tokens_per_second", "estimated_finish")
+METRIC_LABELS = (("train_loss", "training loss"), ("valid_loss", "validation loss"),
+                 ("full_valid_loss", "full validation loss"), ("full_valid_mean_token_accuracy",
+                                                               "full validation token accuracy"))
+
+
 def event_object(e: dict[str, Any]) -> dict[str, Any]:
     d = e["data"]
     created = int(e["recorded_at"].timestamp())
     base = {"object": "fine_tuning.job.event", "id": f"ftevent-{e['global_position']}", "created_at": created}
     if e["type"] == "JobProgressed":
-        msg = f"Step {d['step']}/{d['total_steps']}: training loss={d['train_loss']:.4f}"
-        if d.get("valid_loss") is not None:
-            msg += f", validation loss={d['valid_loss']:.4f}"
-        data = {k: d.get(k) for k in ("step", "total_steps", "epoch", "train_loss", "valid_loss", "learning_rate",
-                                      "tokens_per_second")}
+        parts = [f"{label}={d[k]:.4f}" for k, label in METRIC_LABELS if isinstance(d.get(k), (int, float))]
+        msg = f"Step {d['step']}/{d['total_steps']}: " + ", ".join(parts)
+        data = {k: d.get(k) for k in METRIC_FIELDS}
         return {**base, "level": "info", "message": msg, "type": "metrics", "data": data}
     render = MESSAGES.get(e["type"], lambda _d: e["type"])
     level = d.get("level", "info") if e["type"] == "JobMessage" else LEVELS.get(e["type"], "info")
