@@ -216,7 +216,7 @@ def _callback_class():
             if self.step_times:
                 per_step = sum(self.step_times) / len(self.step_times)
                 rec["step_seconds"] = round(per_step, 4)
-                rec["remaining_seconds"] = round(per_step * max(0, state.max_steps - state.global_step), 1)
+                rec["remaining_seconds"] = round(per_step * max(0, state.max_steps - rec.get("step", 0)), 1)
             self.r.metrics.emit("metrics", **rec)
             self.pending = {}
 
@@ -259,6 +259,8 @@ def _callback_class():
                     name = key.replace("eval_", "valid_").replace("/", "_")
                 if name is not None:
                     out[name] = round(float(value), 6)
+            if not out:  # the Trainer's closing summary (runtime, samples per second): nothing of ours
+                return
             if self.pending and self.pending.get("step") != state.global_step:
                 self.flush(state)  # a record per step, labelled with the step it was logged at
             out["step"] = state.global_step
@@ -364,13 +366,6 @@ class Recipe:
                 f"max_seq_len={cfg.max_seq_len} tokens and were truncated ({self.report.tokens_cut:,} tokens cut)"
                 + (f"; {self.report.skipped} had no assistant token left and were skipped" if self.report.skipped
                    else "")))
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        what = (f"LoRA r={cfg.lora_r}" + (" on 4-bit weights (QLoRA)" if cfg.qlora else "") if cfg.lora
-                else "full fine-tuning")
-        self.metrics.emit("message", level="info", message=(
-            f"{cfg.method}: {what}, {trainable:,} trainable parameters; {len(self.train_data)} examples; "
-            f"{self.world} process(es) on {'cuda' if self.cuda else 'cpu'}"
-            + (f", DeepSpeed {cfg.deepspeed}" if cfg.deepspeed else "") + (", bf16" if self.bf16 else "")))
 
     def _arguments(self):
         cfg = self.cfg
@@ -395,6 +390,7 @@ class Recipe:
             deepspeed=deepspeed_config(cfg.deepspeed), save_only_model=False,
             optim="adamw_torch_fused" if self.cuda else "adamw_torch",
             torch_compile=bool(cfg.extra.get("torch_compile")),
+            gradient_checkpointing=bool(cfg.extra.get("gradient_checkpointing")),  # TRL turns it on by default
         )
         if cfg.method == "dpo":
             from trl import DPOConfig
@@ -431,6 +427,13 @@ class Recipe:
             self.trainer = _sft_trainer_class()(model=self.model, args=args, train_dataset=self.train_data,
                                                 eval_dataset=eval_small, processing_class=self.tokenizer,
                                                 data_collator=collator, callbacks=callbacks)
+        trainable = sum(p.numel() for p in self.trainer.model.parameters() if p.requires_grad)
+        what = (f"LoRA r={cfg.lora_r}" + (" on 4-bit weights (QLoRA)" if cfg.qlora else "") if cfg.lora
+                else "full fine-tuning")
+        self.metrics.emit("message", level="info", message=(
+            f"{cfg.method}: {what}, {trainable:,} trainable parameters; {len(self.train_data)} examples; "
+            f"{self.world} process(es) on {'cuda' if self.cuda else 'cpu'}"
+            + (f", DeepSpeed {cfg.deepspeed}" if cfg.deepspeed else "") + (", bf16" if self.bf16 else "")))
         resume = latest_checkpoint(cfg.run_dir)
         if resume:
             step = Path(resume).name[len(CHECKPOINT_PREFIX):]
