@@ -265,6 +265,9 @@ def _callback_class():
                 self.flush(state)  # a record per step, labelled with the step it was logged at
             out["step"] = state.global_step
             out["epoch"] = round(state.epoch or 0.0, 4)
+            if "train_loss" in out:  # for throughput over any span of steps (scripts/bench train)
+                out["tokens_seen"] = int(state.num_input_tokens_seen)
+                out["clock"] = round(time.perf_counter(), 4)
             if "train_loss" in out and self.tokens_at is not None:
                 t, n = self.tokens_at
                 now = time.perf_counter()
