@@ -11,6 +11,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     import logging
 
     from api import admin, auth, chat, errors, health, job_control, knowledge, limits, openai_compat, registry, web
+    from api.exports import register as register_exports
     from eventlog import settings as settings_mod
     from eventlog.bootstrap import bootstrap
 
@@ -36,6 +37,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(knowledge.bp)
     app.register_blueprint(registry.bp)
     app.register_blueprint(chat.bp)
+    register_exports(app)  # /api/models/<id>/export(s), DELETE /v1/models/<id>
     app.register_blueprint(web.bp)
     if os.environ.get("TUNELOG_PRELOAD_MODELS") == "1":
         _preload(s)

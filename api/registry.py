@@ -53,7 +53,8 @@ def resolve(project: str, name: str) -> ResolvedModel:
     if name in BASE_MODELS:
         return ResolvedModel(name, alias, "hf-base", name, None, None)
     with svc().pool.connection() as c:
-        row = c.execute("SELECT * FROM models WHERE id = %s AND project = %s", (name, project)).fetchone()
+        row = c.execute("SELECT * FROM models WHERE id = %s AND project = %s AND deleted_at IS NULL",
+                        (name, project)).fetchone()
     if row is None:
         raise NotFound(f"the model {name!r} does not exist (nor an alias of that name)", param="model",
                        code="model_not_found")

@@ -10,6 +10,7 @@ A Postgres advisory lock keeps one active dispatcher per database.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
 from domain.errors import ConcurrencyConflict
-from domain.events import document_stream, job_stream
+from domain.events import document_stream, job_stream, model_stream
 from domain.jobs import decide_lost_attempt, fold
 from eventlog.bootstrap import Services, bootstrap
 from eventlog.db import connect
@@ -33,6 +34,7 @@ from eventlog.store import CHANNEL, NewEvent
 log = logging.getLogger("tunelog.dispatcher")
 TRAINING_TIMEOUT = 24 * 3600  # explicit: RQ's default of 180 s would kill any real training run
 INDEXING_TIMEOUT = 3600
+EXPORT_TIMEOUT = 3600  # merging and writing a GGUF: minutes for small models, RQ's 180 s is not enough
 ADVISORY_KEY = 0x7475_6E65  # "tune"
 PENDING = frozenset({"queued", "started", "deferred", "scheduled"})  # RQ statuses of a job that will still run
 RQ_HEARTBEAT_STALE = 120.0  # seconds without RQ's own job heartbeat (every 30 s while a horse runs)
@@ -57,6 +59,10 @@ def rq_job_id(job_id: str, attempt: int) -> str:
     return f"{job_id}-a{attempt}"  # RQ ids allow letters, digits, - and _
 
 
+def removal_rq_id(model_id: str) -> str:
+    return "rmmodel-" + hashlib.sha256(model_id.encode()).hexdigest()[:32]  # model ids hold ':' and '/'
+
+
 class Dispatcher:
     def __init__(self, svc: Services, reconcile_seconds: float = 2.0):
         self.svc = svc
@@ -64,6 +70,8 @@ class Dispatcher:
         self.position = 0
         self.connected_since = float("-inf")  # run() sets it on every (re)connect: leases get a grace period
         self._redis: redis.Redis | None = None
+        self._removed: set[str] = set()  # deleted models whose files are known to be removed
+        self._removal_tries: dict[str, int] = {}
 
     @property
     def redis(self) -> redis.Redis:
@@ -79,6 +87,14 @@ class Dispatcher:
     def enqueue_indexing(self, document_id: str) -> bool:
         return self._enqueue(f"{document_id}-index", "workers.embed.index_document", (document_id,), "cpu",
                              INDEXING_TIMEOUT, f"index {document_id}")
+
+    def enqueue_export(self, model_id: str, export_id: str) -> bool:
+        return self._enqueue(export_id, "workers.export.export_model", (model_id, export_id), "cpu",
+                             EXPORT_TIMEOUT, f"export {model_id} as {export_id}")
+
+    def enqueue_removal(self, model_id: str) -> bool:
+        return self._enqueue(removal_rq_id(model_id), "workers.export.remove_model_artifacts", (model_id,), "cpu",
+                             INDEXING_TIMEOUT, f"remove the files of {model_id}")
 
     def _enqueue(self, rid: str, func: str, args: tuple, queue: str, timeout: int, description: str) -> bool:
         try:
@@ -110,6 +126,10 @@ class Dispatcher:
                 self.enqueue(e.data["id"], 1, e.data["queue"])
             elif e.type == "DocumentAdded":
                 self.enqueue_indexing(e.data["id"])
+            elif e.type == "ModelExportRequested":
+                self.enqueue_export(e.data["model"], e.data["id"])
+            elif e.type == "ModelDeleted":
+                self.enqueue_removal(e.data["id"])
             elif e.type in ("PauseRequested", "CancelRequested"):  # a dead worker cannot honour either
                 self._safely(self.declare_lost, e.stream_id[4:])
             elif (e.type == "JobAttemptLost" and e.data.get("requeued")) or e.type == "JobResumed":
@@ -131,11 +151,19 @@ class Dispatcher:
                 "  OR ((j.cancel_requested OR j.pause_requested) AND l.worker LIKE %s))",
                 (socket.gethostname() + ":%",)).fetchall()
             documents = c.execute("SELECT id FROM documents WHERE status = 'processing'").fetchall()
+            exports = c.execute("SELECT m.id AS model, x->>'id' AS export FROM models m, "
+                                "jsonb_array_elements(m.exports) x WHERE x->>'status' = 'queued'").fetchall()
+            deleted = c.execute("SELECT id FROM models WHERE deleted_at IS NOT NULL").fetchall()
         failures = 0
         for row in queued:
             failures += not self._safely(self.enqueue, row["id"], row["attempt"], row["queue"])
         for row in documents:
             failures += not self._safely(self.reconcile_document, row["id"])
+        for row in exports:
+            failures += not self._safely(self.reconcile_export, row["model"], row["export"])
+        for row in deleted:
+            if row["id"] not in self._removed:
+                failures += not self._safely(self.reconcile_removal, row["id"])
         # Leases are only judged once this dispatcher has been connected for a whole lease period: after
         # an outage, workers need a heartbeat or two to renew leases that expired while nobody could write.
         if time.monotonic() - self.connected_since >= self.svc.settings.lease_seconds:
@@ -173,6 +201,45 @@ class Dispatcher:
                 pass
             return
         self.enqueue_indexing(document_id)
+
+    def reconcile_export(self, model_id: str, export_id: str) -> None:
+        """Enqueue a queued export again, unless it was tried `max_attempts` times (each try appends
+        ModelExportStarted) and nothing runs it: then it fails instead of crashing a work horse forever."""
+        events = self.svc.store.read_stream(model_stream(model_id))
+        mine = [e for e in events if e.data.get("id") == export_id]
+        if any(e.type in ("ModelExported", "ModelExportFailed") for e in mine):
+            return
+        tries = sum(1 for e in mine if e.type == "ModelExportStarted")
+        if tries >= self.svc.settings.max_attempts and not self._rq_alive(export_id):
+            meta = {"actor": "dispatcher", "correlation_id": export_id}
+            try:
+                self.svc.store.append(model_stream(model_id), events[-1].stream_version, [NewEvent(
+                    "ModelExportFailed", {"id": export_id, "model": model_id, "error": {
+                        "code": "export_failed", "message": f"the export was tried {tries} times and its worker "
+                        "died each time", "param": None}, "at": int(time.time())}, meta)])
+            except ConcurrencyConflict:
+                pass
+            return
+        self.enqueue_export(model_id, export_id)
+
+    def reconcile_removal(self, model_id: str) -> None:
+        """A deleted model whose files are not removed yet (no ModelArtifactsRemoved) gets its removal enqueued
+        again. Removed ones are remembered: each deleted model's stream is read once per dispatcher, not every
+        round forever. A removal that keeps failing is tried `max_attempts` times per dispatcher start."""
+        events = self.svc.store.read_stream(model_stream(model_id))
+        if any(e.type == "ModelArtifactsRemoved" for e in events):
+            self._removed.add(model_id)
+            return
+        rid = removal_rq_id(model_id)
+        if self._rq_alive(rid):
+            return
+        self._removal_tries[model_id] = self._removal_tries.get(model_id, 0) + 1
+        if self._removal_tries[model_id] > self.svc.settings.max_attempts:
+            if self._removal_tries[model_id] == self.svc.settings.max_attempts + 1:
+                log.error("the files of deleted model %s could not be removed after %s tries; see the RQ "
+                          "failed job %s", model_id, self.svc.settings.max_attempts, rid)
+            return
+        self.enqueue_removal(model_id)
 
     def _rq_alive(self, rid: str) -> bool:
         try:
