@@ -221,6 +221,10 @@ class ModelServer:
             raise TooManyRequests(f"the model is busy: no generation slot came free within {queue_timeout:g} s; "
                                   "retry shortly", retry_after=5, code="model_busy")
         try:
+            if artifact_path:  # from the log: confined to the artifact store before anything is opened
+                from eventlog.artifacts import resolve_rel
+
+                resolve_rel(self.data_dir, artifact_path)
             if artifact_path and self._is_full_model(artifact_path):  # full fine-tuning: weights of its own
                 loaded, adapter = self._full(artifact_path), None
             else:

@@ -413,7 +413,8 @@ MESSAGES = {
     "JobSucceeded": lambda d: f"The job has successfully completed. New fine-tuned model created: "
                               f"{d['fine_tuned_model']}",
     "CheckpointSaved": lambda d: f"Checkpoint created at step {d['step']}",
-    "CheckpointDeleted": lambda d: f"Checkpoint {d['id']} removed (the last {d.get('keep', 3)} are kept)",
+    "CheckpointDeleted": lambda d: (f"Checkpoint {d['id']} removed (the last {d['keep']} are kept)" if d.get("keep", 3)
+                                    else f"Checkpoint {d['id']} removed with its model"),
     "PauseRequested": lambda d: "Pause requested",
     "JobPaused": lambda d: d.get("reason") or (f"Fine-tuning job paused at step {d['step']}" if d.get("step")
                                                else "Fine-tuning job paused"),
@@ -505,7 +506,8 @@ def _models() -> list[dict[str, Any]]:
     out = [{"id": m.id, "object": "model", "created": m.created, "owned_by": "tunelog", "kind": "base"}
            for m in BASE_MODELS.values()]
     with svc().pool.connection() as c:
-        rows = c.execute("SELECT * FROM models WHERE project = %s ORDER BY seq", (g.principal.project,)).fetchall()
+        rows = c.execute("SELECT * FROM models WHERE project = %s AND deleted_at IS NULL ORDER BY seq",
+                         (g.principal.project,)).fetchall()
     out += [{"id": r["id"], "object": "model", "created": r["created_at"], "owned_by": r["project"],
              "kind": "fine-tuned", "root": r["base_model"], "parent": r["base_model"], "job_id": r["job_id"],
              "lineage": r["lineage"]} for r in rows]

@@ -44,6 +44,21 @@ def alias_target(project: str, alias: str) -> str | None:
     return DEFAULT_BASE if alias == DEFAULT_ALIAS else None
 
 
+def _checkpoint(c, project: str, name: str) -> dict[str, Any] | None:
+    """A job checkpoint by its `fine_tuned_model_checkpoint` id (the newest save of that step), served like
+    a model: an adapter, or full weights, in the checkpoint's folder. Not once its model was deleted."""
+    row = c.execute(
+        "SELECT k.path AS artifact_path, k.fine_tuned_model_checkpoint AS id, j.model AS base_model, "
+        "CASE WHEN coalesce((j.hyperparameters ->> 'lora')::boolean, true) THEN 'hf-lora' ELSE 'hf-full' END "
+        "AS backend, k.metrics FROM job_checkpoints k JOIN jobs j ON j.id = k.job_id "
+        "WHERE k.fine_tuned_model_checkpoint = %s AND k.project = %s AND NOT EXISTS ("
+        "  SELECT 1 FROM models m WHERE m.job_id = k.job_id AND m.deleted_at IS NOT NULL) "
+        "ORDER BY k.seq DESC LIMIT 1", (name, project)).fetchone()
+    if row is None:
+        return None
+    return {**row, "lineage": {"final_metrics": row.pop("metrics") or {}}}
+
+
 def resolve(project: str, name: str) -> ResolvedModel:
     """A model id or an alias of this project -> what serves it. 404 when unknown."""
     alias = None
@@ -55,6 +70,8 @@ def resolve(project: str, name: str) -> ResolvedModel:
     with svc().pool.connection() as c:
         row = c.execute("SELECT * FROM models WHERE id = %s AND project = %s AND deleted_at IS NULL",
                         (name, project)).fetchone()
+        if row is None and ":ckpt-step-" in name:
+            row = _checkpoint(c, project, name)
     if row is None:
         raise NotFound(f"the model {name!r} does not exist (nor an alias of that name)", param="model",
                        code="model_not_found")

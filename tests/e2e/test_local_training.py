@@ -45,7 +45,15 @@ def create(stack, key: str, training_file: str, method: str = "supervised", vali
 
 
 def events(stack, key: str, job_id: str) -> list[dict]:
-    return stack.http("GET", f"/v1/fine_tuning/jobs/{job_id}/events?limit=1000", key).json()["data"][::-1]
+    """Every event of the job, oldest first (pages of 100, newest first, as OpenAI serves them)."""
+    out, after = [], ""
+    while True:
+        r = stack.http("GET", f"/v1/fine_tuning/jobs/{job_id}/events?limit=100{after}", key)
+        assert r.status_code == 200, r.text
+        out += r.json()["data"]
+        if not r.json()["has_more"]:
+            return out[::-1]
+        after = f"&after={out[-1]['id']}"
 
 
 def metrics(stack, key: str, job_id: str) -> list[dict]:

@@ -280,8 +280,6 @@ def test_a_deleted_model_is_gone_but_its_history_stays(project, stack):
     assert [e["type"] for e in events] == ["ModelRegistered", "ModelDeleted", "ModelArtifactsRemoved"]
 
 
-@pytest.mark.xfail(strict=True, reason="needs `AND deleted_at IS NULL` in api/openai_compat.py _models(); "
-                                       "remove this mark once it is there")
 def test_a_deleted_model_is_gone_from_the_model_list(project):
     model_id, _ = project.register_model()
     assert project.http("DELETE", f"/v1/models/{model_id}").status_code == 200

@@ -27,6 +27,7 @@ import pytest
 
 from eventlog.keys import hash_key, key_id_for
 from tests.conftest import DATA
+from tests.helpers import wait_for
 
 GOOD = (DATA / "tiny_train.jsonl").read_bytes()
 BASE = "smollm2-135m-instruct"
@@ -97,12 +98,29 @@ class Probe:
             r = s.http("POST", "/api/documents", t.creator, json={"title": "fresh", "text": "A fresh document."})
         elif kind == "key":
             r = s.http("POST", "/api/keys", s.admin_key, json={"role": "viewer", "project": t.project})
+        elif kind == "model":  # a registered fine-tuned model, as a succeeded job leaves it (no weights needed)
+            return register_model(s, t.project)
         else:
             raise ValueError(kind)
         assert r.status_code in (200, 201), r.text
         if kind == "doc":
             self.fresh_docs.append(r.json()["id"])
         return r.json()["id"]
+
+
+def register_model(stack, project: str) -> str:
+    from eventlog.db import pool
+    from eventlog.store import EventStore, NewEvent
+
+    job_id = "ftjob-" + os.urandom(12).hex()
+    model_id = f"ft:{BASE}:{project}:matrix:{job_id[-8:]}"
+    store = EventStore(pool(stack.env["DATABASE_URL"]))
+    store.append(f"model-{model_id}", 0, [NewEvent("ModelRegistered", {
+        "id": model_id, "project": project, "base_model": BASE, "backend": "hf-lora", "job_id": job_id,
+        "artifact_path": f"artifacts/{job_id}/model", "created_at": int(time.time()),
+        "lineage": {"base_model": BASE, "job_id": job_id, "final_metrics": {}}}, {"actor": "test"})])
+    wait_for(lambda: stack.sql("SELECT 1 FROM models WHERE id = %s", (model_id,)), 30, what="the model projected")
+    return model_id
 
 
 Build = Callable[[Probe], "str | tuple[str, dict[str, Any]]"]
@@ -215,6 +233,11 @@ TABLE: list[Route] = [
     Route("GET", "/v1/fine_tuning/jobs/<job_id>", READ, lambda p: f"/v1/fine_tuning/jobs/{p.target.job}"),
     Route("POST", "/v1/fine_tuning/jobs/<job_id>/cancel", "401 | 403 403 | 200 404 | 200 404 | 200 404",
           lambda p: f"/v1/fine_tuning/jobs/{p.target.job}/cancel"),
+    # the fixture's job is cancelled: pausing or resuming it is a conflict, answered after the project check
+    Route("POST", "/v1/fine_tuning/jobs/<job_id>/pause", "401 | 403 403 | 409 404 | 409 404 | 409 404",
+          lambda p: f"/v1/fine_tuning/jobs/{p.target.job}/pause"),
+    Route("POST", "/v1/fine_tuning/jobs/<job_id>/resume", "401 | 403 403 | 409 404 | 409 404 | 409 404",
+          lambda p: f"/v1/fine_tuning/jobs/{p.target.job}/resume"),
     Route("GET", "/v1/fine_tuning/jobs/<job_id>/events", READ,
           lambda p: f"/v1/fine_tuning/jobs/{p.target.job}/events"),
     Route("GET", "/v1/fine_tuning/jobs/<job_id>/checkpoints", READ,
@@ -225,6 +248,14 @@ TABLE: list[Route] = [
     # ---- models and chat
     Route("GET", "/v1/models", LIST, lambda p: "/v1/models"),
     Route("GET", "/v1/models/<path:model_id>", READ, lambda p: f"/v1/models/{p.target.alias}"),
+    Route("DELETE", "/v1/models/<path:model_id>", "401 | 403 403 | 200 404 | 200 404 | 200 404",
+          lambda p: f"/v1/models/{p.fresh('model')}"),
+    Route("POST", "/api/models/<path:model_id>/export", "401 | 403 403 | 202 404 | 202 404 | 202 404",
+          lambda p: _body(f"/api/models/{p.fresh('model')}/export", json={"format": "safetensors"})),
+    Route("GET", "/api/models/<path:model_id>/exports", READ, lambda p: f"/api/models/{p.fresh('model')}/exports"),
+    Route("GET", "/api/models/<path:model_id>/exports/<export_id>/files/<path:name>",
+          "401 | 404 404 | 404 404 | 404 404 | 404 404",
+          lambda p: f"/api/models/{p.fresh('model')}/exports/export-{'0' * 24}/files/merged/config.json"),
     # Generation is slow on the shared CPUs (seconds per token), so only the viewer's own cell generates (one
     # token); the other own cells ask for more than the context window: 400 context_length_exceeded is
     # answered after authentication, the role check and the model's resolution in the caller's project
