@@ -232,6 +232,14 @@ def schemas() -> dict[str, Any]:
                       target={"type": "string"}, root={"type": "string"}, parent={"type": "string"},
                       job_id=NULLABLE_STR, lineage={"type": "object"}),
         "ModelList": _list("Model"),
+        "ModelDeleted": _obj(["id", "object", "deleted"], id={"type": "string"}, object={"const": "model"},
+                             deleted={"type": "boolean"}),
+        "ExportRequest": {"type": "object", "additionalProperties": False, "properties": {
+            "format": {"enum": ["safetensors", "gguf"], "default": "safetensors"}}},
+        "ModelExport": {"type": "object", "required": ["object", "id", "model", "format", "status"], "properties": {
+            "object": {"const": "model.export"}, "id": {"type": "string"}, "model": {"type": "string"},
+            "format": {"enum": ["safetensors", "gguf"]}, "status": {"enum": ["queued", "succeeded", "failed"]}}},
+        "ModelExportList": _list("ModelExport"),
         # ---- keys and the log
         "CreateKey": {"type": "object", "additionalProperties": True, "properties": {
             "role": {"enum": ["admin", "trainer", "viewer"]},
@@ -397,6 +405,12 @@ def document() -> dict[str, Any]:
                                                          params=[job_id])},
             "/v1/fine_tuning/jobs/{job_id}/cancel": {"post": _op("Cancel a job", "fine-tuning", returns="Job",
                                                                  params=[job_id])},
+            "/v1/fine_tuning/jobs/{job_id}/pause": {"post": _op(
+                "Pause a job: a running job saves a checkpoint and stops (pausing, then paused); a queued one is "
+                "paused at once", "fine-tuning", returns="Job", params=[job_id])},
+            "/v1/fine_tuning/jobs/{job_id}/resume": {"post": _op(
+                "Resume a paused job: queued again, it continues from its latest checkpoint", "fine-tuning",
+                returns="Job", params=[job_id])},
             "/v1/fine_tuning/jobs/{job_id}/events": {"get": _op(
                 "Job events, newest first", "fine-tuning", returns="JobEventList",
                 params=[job_id, _q("after", "cursor: an event id (ftevent-<n>)"), _limit(100),
@@ -406,8 +420,21 @@ def document() -> dict[str, Any]:
                 params=[job_id, _q("after", "cursor: a checkpoint id"), _limit(100)])},
             "/v1/models": {"get": _op("Base and fine-tuned models, and this project's aliases", "models",
                                       returns="ModelList")},
-            "/v1/models/{model_id}": {"get": _op("Retrieve a model", "models", returns="Model",
-                                                 params=[_p("model_id")])},
+            "/v1/models/{model_id}": {
+                "get": _op("Retrieve a model", "models", returns="Model", params=[_p("model_id")]),
+                "delete": _op("Delete a fine-tuned model: its artifacts are removed, its history stays in the log "
+                              "(409 while an alias points at it)", "models", returns="ModelDeleted",
+                              params=[_p("model_id")])},
+            "/api/models/{model_id}/export": {"post": _op(
+                "Export a fine-tuned model: merged safetensors that plain transformers loads, optionally GGUF "
+                "(done by a worker)", "models", ok="202", returns="ModelExport", body=JSON("ExportRequest"),
+                params=[_p("model_id")], body_required=False)},
+            "/api/models/{model_id}/exports": {"get": _op("A model's exports", "models", returns="ModelExportList",
+                                                          params=[_p("model_id")])},
+            "/api/models/{model_id}/exports/{export_id}/files/{name}": {"get": _op(
+                "Download a file of a finished export", "models",
+                returns={"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                params=[_p("model_id"), _p("export_id"), _p("name")])},
             "/v1/chat/completions": {"post": _op(
                 "Chat (OpenAI shape; stream true/false) with retrieval over the knowledge base", "chat",
                 body=JSON("ChatRequest"), returns={**JSON("ChatCompletion"), **SSE})},

@@ -341,3 +341,54 @@ class FeedbackApproved(Event):
     chat_id: str
     actor: str
     at: int
+
+
+# ---- model export and deletion (stream model-<id>; written by api/exports.py and workers/export.py) -----
+@dataclass(frozen=True)
+class ModelExportRequested(Event):
+    id: str  # export-<24 hex>
+    model: str
+    format: str  # safetensors | gguf
+    at: int
+
+
+@dataclass(frozen=True)
+class ModelExportStarted(Event):
+    """One try of an export by a worker: an export that keeps killing its worker fails after the limit."""
+
+    id: str
+    model: str
+    attempt: int
+    at: int
+
+
+@dataclass(frozen=True)
+class ModelExported(Event):
+    id: str
+    model: str
+    format: str
+    path: str  # relative to the data directory: artifacts/<job>/exports/<export id>
+    files: list[str]
+    at: int
+
+
+@dataclass(frozen=True)
+class ModelExportFailed(Event):
+    id: str
+    model: str
+    error: dict[str, Any]
+    at: int
+
+
+@dataclass(frozen=True)
+class ModelDeleted(Event):
+    """Gone from lists and chat; a worker then removes its artifacts. Its history stays in the log."""
+
+    id: str
+    at: int
+
+
+@dataclass(frozen=True)
+class ModelArtifactsRemoved(Event):
+    id: str
+    at: int
