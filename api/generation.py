@@ -45,6 +45,19 @@ class _Loaded:
     adapters: set[str] = field(default_factory=set)
 
 
+def _load(path: Path) -> _Loaded:
+    """A model folder loaded for generation: bf16 on a GPU, float32 on the CPU."""
+    import torch
+    AutoModelForCausalLM, AutoTokenizer = _from_transformers("AutoModelForCausalLM", "AutoTokenizer")
+
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    model.eval()
+    return _Loaded(AutoTokenizer.from_pretrained(path), model)
+
+
 class _Stop:
     """StoppingCriteria: ends a generation whose client went away, or that ran past its time limit."""
 
@@ -111,18 +124,9 @@ class ModelServer:
         with self._load_lock:
             loaded = self._bases.get(base_id)
             if loaded is None:
-                import torch
-                AutoModelForCausalLM, AutoTokenizer = _from_transformers("AutoModelForCausalLM", "AutoTokenizer")
-
                 from eventlog.catalog import model_path
 
-                path = model_path(self.model_dir, base_id)
-                dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-                model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-                if torch.cuda.is_available():
-                    model = model.to("cuda")
-                model.eval()
-                loaded = _Loaded(AutoTokenizer.from_pretrained(path), model)
+                loaded = _load(model_path(self.model_dir, base_id))
                 self._bases[base_id] = loaded
             return loaded
 
@@ -154,20 +158,11 @@ class ModelServer:
     def _full(self, artifact_path: str) -> _Loaded:
         """A fully fine-tuned model (or such a checkpoint), loaded from its folder; the two most recently
         used stay loaded (each is as large as its base)."""
-        import torch
-        AutoModelForCausalLM, AutoTokenizer = _from_transformers("AutoModelForCausalLM", "AutoTokenizer")
-
         key = "full:" + artifact_path
         with self._load_lock:
             loaded = self._bases.pop(key, None)
             if loaded is None:
-                path = self.data_dir / artifact_path
-                dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-                model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-                if torch.cuda.is_available():
-                    model = model.to("cuda")
-                model.eval()
-                loaded = _Loaded(AutoTokenizer.from_pretrained(path), model)
+                loaded = _load(self.data_dir / artifact_path)
                 full = [k for k in self._bases if k.startswith("full:")]
                 for old in full[:-1]:  # keep at most two full models (this one included)
                     del self._bases[old]

@@ -1,4 +1,8 @@
-"""Pause and resume a fine-tuning job (OpenAI's `POST /v1/fine_tuning/jobs/{id}/pause` and `/resume`).
+"""Cancel, pause and resume a fine-tuning job (OpenAI's `POST /v1/fine_tuning/jobs/{id}/cancel`, `/pause`
+and `/resume`): each reads the job, decides, and appends fenced by the stream's version.
+
+Cancel: a queued or paused job is cancelled at once; a running one is stopped by its worker (or by the
+dispatcher, if the worker is gone) within seconds.
 
 Pause: a running job becomes `pausing`; its worker saves a checkpoint at the next step boundary, stops
 and appends JobPaused (the worker is free again). A queued job is paused at once. Resume: a paused job
@@ -44,6 +48,26 @@ def _decide(job_id: str, decide: Callable[[JobState], list[tuple[str, dict]] | N
         except ConcurrencyConflict:
             continue
     raise Conflict(f"job {job_id} is changing too fast; try again", code="concurrency_conflict")
+
+
+@bp.post("/fine_tuning/jobs/<job_id>/cancel")
+def cancel_job(job_id: str):
+    require("admin", "trainer")
+    _get_job(job_id)  # 404 for another project's job
+
+    def decide(state: JobState):
+        if state.status in ("succeeded", "failed"):
+            raise Conflict(f"job {job_id} has already {state.status}; only a queued or running job can be "
+                           "cancelled", param="fine_tuning_job_id", code="job_not_cancellable")
+        if state.status == "cancelled" or state.cancel_requested:
+            return None
+        asked = ("CancelRequested", {"actor": g.principal.key_id, "at": now()})
+        if state.status in ("queued", "paused"):  # nobody runs it: cancelled at once
+            return [asked, ("JobCancelled", {"reason": "cancelled before it started" if state.status == "queued"
+                                             else "cancelled while paused", "at": now()})]
+        return [asked]
+
+    return _decide(job_id, decide)
 
 
 @bp.post("/fine_tuning/jobs/<job_id>/pause")

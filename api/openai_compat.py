@@ -18,9 +18,9 @@ from api.auth import require
 from api.common import Idempotent, append_and_respond, json_body, metadata, now, owned, page_limit, svc
 from domain.configs import Hyperparameters, parse_method
 from domain.datasets import check_jsonl
-from domain.errors import ConcurrencyConflict, Conflict, NotFound, PayloadTooLarge, ValidationError
+from domain.errors import NotFound, PayloadTooLarge, ValidationError
 from domain.events import FileDeleted, FileUploaded, JobCreated, file_stream, job_stream, upcast
-from domain.jobs import JobState, evolve, fold
+from domain.jobs import JobState, fold
 from eventlog.catalog import BASE_MODELS, ModelPathError, hf_model_folder
 from eventlog.store import NewEvent
 
@@ -371,35 +371,6 @@ def list_jobs():
 @bp.get("/fine_tuning/jobs/<job_id>")
 def get_job(job_id: str):
     return jsonify(job_object(_get_job(job_id)))
-
-
-@bp.post("/fine_tuning/jobs/<job_id>/cancel")
-def cancel_job(job_id: str):
-    require("admin", "trainer")
-    _get_job(job_id)  # 404 for another project's job
-    idem = Idempotent({"job": job_id})
-    store = svc().store
-    for _ in range(10):  # optimistic concurrency: the worker may append progress meanwhile; decide again
-        events = store.read_stream(job_stream(job_id))
-        state = fold([(e.type, e.data, e.stream_version) for e in events])
-        if state.status in ("succeeded", "failed"):
-            raise Conflict(f"job {job_id} has already {state.status}; only a queued or running job can be "
-                           "cancelled", param="fine_tuning_job_id", code="job_not_cancellable")
-        if state.status == "cancelled" or state.cancel_requested:
-            return jsonify(job_object(state))
-        meta = metadata(job_id)
-        new = [NewEvent("CancelRequested", {"actor": g.principal.key_id, "at": now()}, meta)]
-        if state.status in ("queued", "paused"):  # nobody runs it: cancelled at once
-            new.append(NewEvent("JobCancelled", {"reason": "cancelled before it started", "at": now()}, meta))
-        after = state
-        for i, e in enumerate(new):
-            after = evolve(after, e.type, e.data, state.version + i + 1)
-        try:
-            return append_and_respond(idem, 200, job_object(after), lambda cmd, v=state.version, new=new: store.append(
-                job_stream(job_id), v, new, command=cmd))
-        except ConcurrencyConflict:
-            continue
-    raise Conflict(f"job {job_id} is changing too fast to cancel; try again", code="concurrency_conflict")
 
 
 MESSAGES = {
