@@ -202,6 +202,8 @@ def run_training(job_id: str, attempt: int) -> str:
         raise
     finally:
         lease.release()
+        # whatever the outcome (done, paused, cancelled, failed, fenced): the scratch space goes, the log stays
+        _clean_scratch(svc.settings.work_dir / job_id / f"attempt-{attempt}")
 
 
 def gpus_per_node() -> int:
@@ -405,7 +407,6 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
         steps = known.get(step) or [None]
         progress.finish(extra=[NewEvent("JobPaused", {"step": step, "checkpoint": steps[-1], "at": _now()},
                                         progress.metadata)])
-        _clean_scratch(work)
         return "paused"
     if rc != 0 or done is None:
         log.error("job %s attempt %s: training exited with %s; log in %s", job_id, attempt, rc, work / "recipe.log")
@@ -435,7 +436,6 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
             "job_id": job_id, "artifact_path": artifact_rel, "created_at": now, "lineage": lineage},
             progress.metadata)])],
     )
-    _clean_scratch(work)
     return model_id
 
 
