@@ -66,6 +66,20 @@ def _model_row(model_id: str) -> dict[str, Any]:
     return row
 
 
+def _pending_or_done(events: list[RecordedEvent], fmt: str) -> dict[str, Any] | None:
+    """The model's export in `fmt` that is queued or succeeded, if there is one."""
+    found: dict[str, dict[str, Any]] = {}
+    for e in events:
+        d = e.data
+        if e.type == "ModelExportRequested" and d["format"] == fmt:
+            found[d["id"]] = {"id": d["id"], "format": fmt, "status": "queued", "created_at": d["at"]}
+        elif e.type == "ModelExported" and d["id"] in found:
+            found[d["id"]].update(status="succeeded", files=d["files"], finished_at=d["at"])
+        elif e.type == "ModelExportFailed":
+            found.pop(d["id"], None)
+    return next(reversed(found.values()), None)
+
+
 def export_object(model_id: str, x: dict[str, Any]) -> dict[str, Any]:
     return {"object": "model.export", "id": x["id"], "model": model_id, "format": x["format"],
             "status": x["status"], "files": x.get("files") or [], "error": x.get("error"),
@@ -94,7 +108,7 @@ def request_export(model_id: str):
     fmt = body.get("format", "safetensors")
     if fmt not in FORMATS:
         raise ValidationError(f"format must be one of {', '.join(FORMATS)}", param="format")
-    idem = Idempotent({"format": fmt})
+    idem = Idempotent({"model": model_id, "format": fmt})
     if _is_base(model_id):
         raise ValidationError(f"{model_id!r} is a base model: there is nothing to export", param="model")
     stream = model_stream(model_id)
@@ -103,6 +117,10 @@ def request_export(model_id: str):
         events, reg = _live_model(model_id)
         if fmt == "gguf" and (why := _gguf_unsupported(reg["base_model"])):
             raise ValidationError(why, param="format", code="unsupported_format")
+        if (same := _pending_or_done(events, fmt)) is not None:
+            # one export per model and format (a failed one may be asked again): a loop of requests must
+            # not fill the disk with merged copies
+            return jsonify(export_object(model_id, same)), 200
         at = now()
         data = {"id": export_id, "model": model_id, "format": fmt, "at": at}
         out = export_object(model_id, {"id": export_id, "format": fmt, "status": "queued", "created_at": at})

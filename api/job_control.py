@@ -26,11 +26,11 @@ from eventlog.store import NewEvent
 bp = Blueprint("job_control", __name__, url_prefix="/v1")
 
 
-def _decide(job_id: str, decide: Callable[[JobState], list[tuple[str, dict]] | None]):
+def _decide(job_id: str, op: str, decide: Callable[[JobState], list[tuple[str, dict]] | None]):
     """Read the job, let `decide` choose events (None: answer the job as it is), append them fenced by the
     stream's version; decide again if the worker appended meanwhile."""
     store = svc().store
-    idem = Idempotent({"job": job_id})
+    idem = Idempotent({"job": job_id, "op": op})  # one Idempotency-Key reused for another command: 422
     for _ in range(10):
         events = store.read_stream(job_stream(job_id))
         state = fold([(e.type, e.data, e.stream_version) for e in events])
@@ -59,7 +59,7 @@ def cancel_job(job_id: str):
         if state.status in ("succeeded", "failed"):
             raise Conflict(f"job {job_id} has already {state.status}; only a queued or running job can be "
                            "cancelled", param="fine_tuning_job_id", code="job_not_cancellable")
-        if state.status == "cancelled" or state.cancel_requested:
+        if state.status == "cancelled" or (state.cancel_requested and state.status not in ("queued", "paused")):
             return None
         asked = ("CancelRequested", {"actor": g.principal.key_id, "at": now()})
         if state.status in ("queued", "paused"):  # nobody runs it: cancelled at once
@@ -67,7 +67,7 @@ def cancel_job(job_id: str):
                                              else "cancelled while paused", "at": now()})]
         return [asked]
 
-    return _decide(job_id, decide)
+    return _decide(job_id, "cancel", decide)
 
 
 @bp.post("/fine_tuning/jobs/<job_id>/pause")
@@ -87,7 +87,7 @@ def pause_job(job_id: str):
                                           "reason": "paused before it started"})]
         return [asked]
 
-    return _decide(job_id, decide)
+    return _decide(job_id, "pause", decide)
 
 
 @bp.post("/fine_tuning/jobs/<job_id>/resume")
@@ -103,4 +103,4 @@ def resume_job(job_id: str):
         raise Conflict(f"job {job_id} is {state.status}; only a paused job can be resumed",
                        param="fine_tuning_job_id", code="job_not_resumable")
 
-    return _decide(job_id, decide)
+    return _decide(job_id, "resume", decide)

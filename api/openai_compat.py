@@ -278,6 +278,14 @@ def check_method_options(method_type: str, hp: Hyperparameters, train: dict[str,
     if hp.max_seq_len is not None and hp.max_seq_len > context_length:
         raise ValidationError(f"max_seq_len {hp.max_seq_len} is over the model's context length of "
                               f"{context_length}", param=hp.param("max_seq_len"))
+    # a bound on one step's activations: batch_size x max_seq_len tokens per process (the worker host's
+    # memory is shared with the other workers, and on a small server with Postgres)
+    s = svc().settings
+    seq = hp.max_seq_len or s.max_seq_len
+    if isinstance(hp.batch_size, int) and hp.batch_size * seq > s.max_batch_tokens:
+        raise ValidationError(f"batch_size {hp.batch_size} x max_seq_len {seq} = {hp.batch_size * seq} tokens a "
+                              f"step, over this server's limit of {s.max_batch_tokens} (TUNELOG_MAX_BATCH_TOKENS)",
+                              param=hp.param("batch_size"))
 
 
 @bp.post("/fine_tuning/jobs")

@@ -136,13 +136,19 @@ def promote(alias: str):
     new = resolve(p.project, model)
     if new.alias is not None:
         raise ValidationError(f"{model!r} is an alias; promote a model id", param="model")
+    if ":ckpt-step-" in new.id:  # checkpoints rotate away (the last 3 are kept): an alias would break with it
+        raise ValidationError(f"{model!r} is a checkpoint; promote a model (a finished job's fine_tuned_model)",
+                              param="model")
     settings = settings_for(p.project)
     stream = alias_stream(p.project, alias)
     for _ in range(10):
         version = svc().store.stream_version(stream)
         current = alias_target(p.project, alias)
-        if current is not None:
-            cur = resolve(p.project, current)
+        try:  # the current target may be gone (a deleted model): the alias can always be moved on
+            cur = resolve(p.project, current) if current is not None else None
+        except NotFound:
+            cur = None
+        if cur is not None:
             check_promotion(settings, alias, new.id, new.score, cur.id, cur.score)
         else:
             check_promotion(settings, alias, new.id, new.score, "(none)", None)

@@ -31,6 +31,7 @@ class Settings:
     max_attempts: int = 3
     training_queue: str = "cpu"
     max_seq_len: int = 1024
+    max_batch_tokens: int = 65536  # batch_size x max_seq_len of one training step, per process
     cpu_workers: int = 2
     stall_seconds: float = 900.0
     model_dir: Path = field(default_factory=lambda: ROOT / ".data" / "models")
@@ -71,6 +72,7 @@ def load() -> Settings:
         max_attempts=_int("TUNELOG_MAX_ATTEMPTS", 3),
         training_queue=default_training_queue(),
         max_seq_len=_int("TUNELOG_MAX_SEQ_LEN", 1024),
+        max_batch_tokens=_int("TUNELOG_MAX_BATCH_TOKENS", 65536),
         cpu_workers=max(1, _int("TUNELOG_CPU_WORKERS", 2)),
         stall_seconds=_float("TUNELOG_STALL_SECONDS", 900.0),
         model_dir=Path(os.environ.get("TUNELOG_MODEL_DIR") or data_dir / "models").resolve(),

@@ -113,8 +113,15 @@ def export_model(model_id: str, export_id: str) -> str:
         if not source.is_dir():
             raise ExportError("artifacts_missing", "the model's files are missing from the artifact store")
         _limit_threads(s.cpu_workers)
-        files = build_export(model_path(s.model_dir, registered.data["base_model"]), source,
-                             s.data_dir / rel, fmt, model_id)
+        # one run at a time per export: a re-delivered RQ job (Redis lost, a stale start) waits here instead
+        # of deleting the other run's half-written folder
+        from filelock import FileLock
+
+        with FileLock(str((s.data_dir / rel).with_name(f".{export_id}.lock")), timeout=EXPORT_LOCK_WAIT):
+            if finished(svc.store.read_stream(stream)):
+                return "skipped: already done"
+            files = build_export(model_path(s.model_dir, registered.data["base_model"]), source,
+                                 s.data_dir / rel, fmt, model_id)
     except ExportError as e:
         _append_fresh(svc, stream, failure(e.code, e.message))
         return "failed"
@@ -131,11 +138,16 @@ def export_model(model_id: str, export_id: str) -> str:
 
     if _append_fresh(svc, stream, done):
         return rel
+    if not _of(svc.store.read_stream(stream), "ModelDeleted"):
+        return "skipped: another run finished it"  # its files are the model's: never remove them here
     # deleted while it ran: the removal may have run before these files were written
     _append_fresh(svc, stream, failure("model_deleted", "the model was deleted while it was exported"))
     if artifacts.JOB_ID.match(job_id or ""):
         artifacts.remove_job_artifacts(s.data_dir, job_id)
     return "failed"
+
+
+EXPORT_LOCK_WAIT = 3600  # seconds a second run of one export waits for the first (the export's RQ timeout)
 
 
 def _limit_threads(cpu_workers: int) -> None:

@@ -34,6 +34,7 @@ from workers.progress import Fenced, ProgressLog
 
 log = logging.getLogger("tunelog.worker")
 BASE_LR = 2e-4  # LoRA learning rate at learning_rate_multiplier = 1
+MIN_PROGRESS_INTERVAL = 1.0  # seconds between two training-step events (evaluations are never dropped)
 RECIPE_MODULE = "workers.hf.recipe"  # run as `python -m RECIPE_MODULE config.json` (JSON lines on stdout)
 
 
@@ -80,6 +81,7 @@ class Lease:
         self._thread.start()
 
     def _beat(self) -> None:
+        last_ok = time.monotonic()
         while not self._stop.wait(max(0.5, self.ttl / 4)):
             try:
                 with self.svc.pool.connection() as c:
@@ -89,8 +91,18 @@ class Lease:
                 if n == 0:
                     self.lost.set()
                     return
+                last_ok = time.monotonic()
             except Exception:  # a blip: the next beat retries; the lease has slack
                 log.exception("lease heartbeat failed")
+                # Cut off from Postgres for three lease periods: the dispatcher may have handed the job to
+                # another attempt by now (it can reach Postgres when we cannot), which trains into the same
+                # checkpoint folder. Stop rather than train beside it; a short outage (both sides cut off,
+                # the dispatcher then grants a lease period of grace) is ridden out.
+                if time.monotonic() - last_ok > 3 * self.ttl:
+                    log.error("job %s: no lease renewal for %.0f s; stopping this attempt", self.job_id,
+                              time.monotonic() - last_ok)
+                    self.lost.set()
+                    return
 
     def release(self) -> None:
         self._stop.set()
@@ -195,8 +207,10 @@ def run_training(job_id: str, attempt: int) -> str:
     except Exception as e:  # a bug or a lost dependency: fail the job with the reason, do not leave it running
         log.exception("job %s failed unexpectedly", job_id)
         try:
+            # the exception's text may name hosts, users or paths: it goes to the worker's log, not the job
             progress.finish(extra=[NewEvent("JobFailed", {"error": _error(
-                "internal_error", f"the worker failed: {type(e).__name__}: {e}"), "at": _now()}, progress.metadata)])
+                "internal_error", f"the worker failed ({type(e).__name__}); the operator's worker log has the "
+                "details"), "at": _now()}, progress.metadata)])
         except Exception:  # the lease will expire and the dispatcher takes over
             log.exception("could not record the failure of %s", job_id)
         raise
@@ -301,8 +315,9 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
         train = _write_file(svc, state.training_file, work / "train.jsonl")
         valid = _write_file(svc, state.validation_file, work / "valid.jsonl")
     except Exception as e:  # noqa: BLE001 - reported to the user as the job's error
-        progress.finish(extra=[NewEvent("JobFailed", {"error": _error("setup_failed", str(e)), "at": _now()},
-                                       progress.metadata)])
+        log.exception("job %s: setup failed", job_id)
+        progress.finish(extra=[NewEvent("JobFailed", {"error": _error("setup_failed", _scrub(str(e), s)),
+                                                      "at": _now()}, progress.metadata)])
         return "failed"
     nproc = gpus_per_node() if state.queue == "gpu" else 0
     config = recipe_config(s, state, base_path, train, valid, work, job_dir, nproc)
@@ -333,6 +348,7 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
     paused: dict[str, Any] | None = None
     last_poll = 0.0
     last_metrics: dict[str, Any] = {}
+    last_progress = 0.0
     last_output = time.monotonic()
     exited = False
     try:
@@ -346,8 +362,13 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
                     if remaining is not None:
                         rec["estimated_finish"] = _now() + int(remaining)
                     last_metrics.update({k: v for k, v in rec.items() if k not in ("estimated_finish",)})
-                    progress.add("JobProgressed", {**rec, "at": _now()},
-                                 urgent=rec.get("valid_loss") is not None or rec.get("full_valid_loss") is not None)
+                    evaluated = rec.get("valid_loss") is not None or rec.get("full_valid_loss") is not None
+                    # one event per step, at most about one a second: fast GPU steps (many a second) would
+                    # otherwise put millions of events in the log; evaluations and the last step always go
+                    if evaluated or rec.get("step") == rec.get("total_steps") or \
+                            time.monotonic() - last_progress >= MIN_PROGRESS_INTERVAL:
+                        last_progress = time.monotonic()
+                        progress.add("JobProgressed", {**rec, "at": _now()}, urgent=evaluated)
                 elif kind == "checkpoint":
                     step = rec["step"]
                     ckpt_id = f"ftckpt-{job_id[6:]}-a{attempt}-{step}"
@@ -402,6 +423,11 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
     finally:
         log_file.close()
     rc = child.wait()
+    progress.poll()  # a cancel that came while the recipe was saving its pause checkpoint wins over the pause
+    if progress.cancel_requested:
+        progress.finish(extra=[NewEvent("JobCancelled", {"reason": "cancelled by request", "at": _now()},
+                                       progress.metadata)])
+        return "cancelled"
     if rc == 0 and paused is not None:
         step = paused["step"]
         steps = known.get(step) or [None]
@@ -440,13 +466,14 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
 
 
 def _rel(data_dir: Path, path: Path) -> str:
-    """A path inside the artifact store as the log keeps it: relative to the data directory."""
-    return str(path.resolve().relative_to(Path(data_dir).resolve()))
+    """A path inside the artifact store as the log keeps it: relative to the data directory (not resolved:
+    an operator may link artifacts/ to another disk)."""
+    return os.path.relpath(path, data_dir)
 
 
 def _clean_scratch(work: Path) -> None:
     """The attempt's scratch space (data copies, tokenized cache) goes; its log stays for operators."""
-    for name in ("train.jsonl", "valid.jsonl", "cache", "control"):
+    for name in ("train.jsonl", "valid.jsonl", "cache", "control", "metrics.jsonl"):
         p = work / name
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
@@ -455,19 +482,34 @@ def _clean_scratch(work: Path) -> None:
 
 
 _PATH = re.compile(r"(?:/[\w.@+-]+){2,}/?")
+_URL_CREDENTIALS = re.compile(r"\b[\w+.-]+://[^\s/@]*@\S*")
+
+
+def _scrub(text: str, settings=None) -> str:
+    """A message that may reach a job's error (read by every key of the project) without the server's
+    layout: the data, model, work and code folders by name, URLs with credentials, any absolute path."""
+    roots = [Path(__file__).resolve().parent.parent, Path.home()]
+    if settings is not None:
+        roots = [settings.data_dir, settings.model_dir, settings.work_dir, *roots]
+    for root in sorted({str(r) for r in roots}, key=len, reverse=True):
+        text = text.replace(root, "<server>")
+    text = _URL_CREDENTIALS.sub("<url>", text)
+    return _PATH.sub("<path>", text)[:300]
 
 
 def _failure_reason(stderr_path: Path) -> str:
     """The last exception line of the training log, with server paths taken out: job errors are read by
     every key of the project, so no stack trace, file system layout or environment reaches them."""
-    try:
-        lines = stderr_path.read_text(errors="replace").strip().splitlines()
+    try:  # the end of the log only: it may be large
+        with open(stderr_path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+            lines = f.read().decode(errors="replace").strip().splitlines()
     except OSError:
         return ""
     for line in reversed(lines[-200:]):
         m = re.match(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)): ?(.*)$", line.strip())
         if m:
-            return _PATH.sub("<path>", f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}")[:300]
+            return _scrub(f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}")
     return ""
 
 

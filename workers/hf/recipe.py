@@ -127,13 +127,16 @@ class DataReport:
     skipped: int = 0
 
 
-def chat_dataset(path: str, tokenizer, max_len: int, cache_dir: str | None, report: DataReport):
+def chat_dataset(path: str, tokenizer, max_len: int, cache_dir: str | None, report: DataReport,
+                 alive=lambda n: None):
     """Tokenized chat examples written to arrow files on disk as they are produced (bounded memory)."""
     from datasets import Dataset
 
     def rows() -> Iterator[dict[str, list[int]]]:
         for ex in jsonl(path):
             report.examples += 1
+            if report.examples % 2000 == 0:
+                alive(report.examples)
             row, cut = tokenize_example(tokenizer, ex["messages"], max_len)
             if cut:
                 report.truncated += 1
@@ -208,6 +211,7 @@ def _callback_class():
             self.last_step_at: float | None = None
             self.tokens_at: tuple[float, int] | None = None
             self.saved_step: int | None = None
+            self.alive_at = time.perf_counter()
 
         def flush(self, state) -> None:
             if not self.pending:
@@ -235,6 +239,12 @@ def _callback_class():
                 control.should_training_stop = True
                 self.r.paused_at = state.global_step
             return control
+
+        def on_prediction_step(self, args, state, control, **kw):
+            now = time.perf_counter()  # a long evaluation must not look like a stalled process
+            if now - self.alive_at > 30:
+                self.alive_at = now
+                self.r.metrics.emit("alive", stage="evaluating", step=state.global_step)
 
         def on_epoch_end(self, args, state, control, **kw):
             # a checkpoint (and an evaluation) at the end of every epoch, whatever the step interval
@@ -358,7 +368,11 @@ class Recipe:
             self.train_data = preference_dataset(cfg.train_file, cache, self.report)
             self.valid_data = preference_dataset(cfg.valid_file, cache, DataReport()) if cfg.valid_file else None
         else:
-            self.train_data = chat_dataset(cfg.train_file, self.tokenizer, cfg.max_seq_len, cache, self.report)
+            def alive(n: int) -> None:  # a large file takes minutes: the worker must not think us stalled
+                self.metrics.emit("alive", stage="tokenizing", examples=n)
+
+            self.train_data = chat_dataset(cfg.train_file, self.tokenizer, cfg.max_seq_len, cache, self.report,
+                                           alive)
             self.valid_data = (chat_dataset(cfg.valid_file, self.tokenizer, cfg.max_seq_len, cache, DataReport())
                                if cfg.valid_file else None)
         if len(self.train_data) == 0:
