@@ -39,7 +39,7 @@ def pool(url: str, max_size: int = 10) -> ConnectionPool:
     with _lock:
         _configure_json()
         p = _pools.get(key)
-        if p is None:
+        if p is None or p.closed:  # closed by its owner: a new one, not an error on every later use
             p = ConnectionPool(
                 psycopg_url(url), min_size=1, max_size=max_size, open=True, timeout=5,
                 kwargs={"row_factory": dict_row, "autocommit": True}, configure=_configure_connection,
