@@ -590,14 +590,218 @@ def bench_api(server: str, redis_url: str, tmp: Path, seconds: int) -> None:
         stack.stop_all()
 
 
+# ---- local training ------------------------------------------------------------------------------------------
+TRAIN_WORDS = ["plant", "leaf", "sunlight", "water", "root", "energy", "sugar", "oxygen", "cell", "seed", "flower",
+               "soil", "carbon", "light", "green", "animal", "fraction", "number", "half", "quarter", "whole",
+               "divide", "share", "equal", "pizza", "slice", "group", "count", "add", "river", "mountain", "rain",
+               "cloud", "ocean", "heat", "cold", "wind", "season", "summer", "winter", "spring", "autumn", "map"]
+
+
+def _train_examples(n: int) -> bytes:
+    """n chat examples of ~80-120 tokens each (SmolLM2's template included), the same bytes every run."""
+    import random
+
+    rng = random.Random(1234)
+    lines = []
+    for i in range(n):
+        topic = " ".join(rng.choice(TRAIN_WORDS) for _ in range(3))
+        words = " ".join(rng.choice(TRAIN_WORDS) for _ in range(rng.randint(30, 50)))
+        lines.append(json.dumps({"messages": [
+            {"role": "user", "content": f"Question {i}: can you explain {topic} to a student in year {i % 11 + 1}?"},
+            {"role": "assistant", "content": f"Great question! Think of {topic}. {words.capitalize()}. "
+                                             "Does that make sense?"}]}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _job_events(stack, job_id: str) -> list[dict]:
+    return stack.sql("SELECT global_position AS pos, type, data, extract(epoch FROM recorded_at)::float8 AS t "
+                     "FROM events WHERE stream_id = %s ORDER BY global_position", (f"job-{job_id}",))
+
+
+def _span_rate(points: dict[int, tuple[int, float]], first: int) -> tuple[float, int, int]:
+    """Tokens/s between step `first` (or the next step with an event: the worker writes at most about one
+    progress event a second) and the last step, from {step: (cumulative tokens, clock)}."""
+    last = max(points)
+    first = min(s for s in points if s >= first)
+    (n0, t0), (n1, t1) = points[first], points[last]
+    return (n1 - n0) / (t1 - t0), first, last
+
+
+def _step_rates(points: dict[int, tuple[int, float]], first: int) -> list[float]:
+    """Each step's own tokens/s after step `first` (their median shrugs off a burst of load from elsewhere)."""
+    steps = sorted(s for s in points if s > first and s - 1 in points)
+    return [(points[s][0] - points[s - 1][0]) / (points[s][1] - points[s - 1][1]) for s in steps]
+
+
+def _watch_rank_cpu(stack, key: str, job_id: str, data: Path, timeout: float) -> tuple[dict, dict[int, float]]:
+    """Waits for the job to end; meanwhile samples the training rank's CPU seconds (all its threads) each time a
+    new step record appears in the recipe's metrics file (every 0.1 s). The recipe writes step k's record at
+    the end of step k+1 (once that step's eval/save are known), so seen[k] is the CPU at the end of step k+1."""
+    import psutil
+
+    metrics = data / "work" / job_id / "attempt-1" / "metrics.jsonl"
+    seen: dict[int, float] = {}
+    rank = None
+    deadline, next_status = time.monotonic() + timeout, 0.0
+    while time.monotonic() < deadline:
+        if rank is None:
+            for p in psutil.process_iter(["cmdline"]):
+                cmd = p.info["cmdline"] or []
+                if "workers.hf.recipe" in cmd and any(job_id in c for c in cmd) and "torch.distributed.run" not in cmd:
+                    rank = p
+        if rank is not None and metrics.exists():
+            try:
+                cpu = sum(rank.cpu_times()[:2])
+            except psutil.Error:
+                cpu = None
+            for line in metrics.read_text().split("\n")[:-1]:  # whole lines only: the last may be mid-write
+                rec = json.loads(line) if line.strip() else {}
+                if cpu is not None and rec.get("kind") == "metrics" and "clock" in rec and rec["step"] not in seen:
+                    seen[rec["step"]] = cpu
+        if time.monotonic() >= next_status:
+            next_status = time.monotonic() + 1.0
+            job = stack.http("GET", f"/v1/fine_tuning/jobs/{job_id}", key).json()
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job, seen
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+
+def bench_train(server: str, redis_url: str, tmp: Path, examples: int) -> None:
+    """Local training through the service (SmolLM2-135M, LoRA, CPU) vs a plain HF Trainer + peft script on
+    the same data, and the cost of a resume: JobResumed -> the new attempt's first progress event vs a
+    fresh start's JobCreated -> first progress event."""
+    import subprocess
+
+    data = tmp / "train"
+    stack, url = start_stack(server, redis_url, data, "bench_train")
+    span_from = 2  # the first steps are warm-up (allocator, first backward's graph, lazy inits)
+    train = _train_examples(examples)
+    (tmp / "train.jsonl").write_bytes(train)
+
+    def create(fid: str, **hp) -> str:
+        r = stack.http("POST", "/v1/fine_tuning/jobs", k, json={
+            "model": "smollm2-135m-instruct", "training_file": fid, "seed": 7,
+            "method": {"type": "supervised", "supervised": {"hyperparameters": {
+                "n_epochs": 1, "batch_size": 4, "max_seq_len": 128, **hp}}}})
+        assert r.status_code == 200, r.text
+        return r.json()["id"]
+
+    try:
+        stack.wait_healthy()
+        k = stack.admin_key
+        fid = stack.http("POST", "/v1/files", k, files={"file": ("bench-train.jsonl", train)},
+                         data={"purpose": "fine-tune"}).json()["id"]
+        # ---- ours: a job over HTTP; throughput from its JobProgressed events
+        job_id = create(fid)
+        job, rank_cpu = _watch_rank_cpu(stack, k, job_id, data, 1800)
+        assert job["status"] == "succeeded", job.get("error")
+        progress = [e["data"] for e in _job_events(stack, job_id)
+                    if e["type"] == "JobProgressed" and "tokens_seen" in e["data"]]
+        ours_points = {d["step"]: (d["tokens_seen"], d["clock"]) for d in progress}
+        ours, first, last = _span_rate(ours_points, span_from)
+        load_ours = os.getloadavg()[0]
+        config = data / "work" / job_id / "attempt-1" / "config.json"  # what the worker gave the recipe
+        cfg = json.loads(config.read_text())
+
+        # ---- baseline: plain Trainer + peft in a subprocess while the stack is idle
+        result = tmp / "train-baseline.json"
+        env = {**stack.env, "OMP_NUM_THREADS": str(cfg["num_threads"] or os.environ.get("OMP_NUM_THREADS", "") or 1),
+               "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_train_baseline.py"), str(config),
+                        str(tmp / "train.jsonl"), str(result)], check=True, env=env, cwd=str(ROOT))
+        b = json.loads(result.read_text())
+        cum, base_points = 0, {}
+        for step in range(1, b["steps"] + 1):
+            cum += b["batch_tokens"][step - 1]
+            base_points[step] = (cum, b["clock"][str(step)])
+        base, _, _ = _span_rate(base_points, span_from)
+        load_base = os.getloadavg()[0]
+        same = ours_points[last][0] == base_points[last][0] and job["trained_tokens"] == base_points[last][0]
+        report(f"LoRA training, steps {first}->{last} (CPU)", ours, base, "tok/s", "plain HF Trainer + peft script",
+               ">= 0.97x")
+        print(f"  SmolLM2-135M LoRA r={cfg['lora_r']}, {b['examples']} examples, batch {cfg['batch_size']}, "
+              f"max_seq_len {cfg['max_seq_len']}, {cfg['num_threads']} torch thread(s); {last} steps, "
+              f"{job['trained_tokens']:,} tokens; same token counts on both sides: {'yes' if same else 'NO'}; "
+              f"mean train loss ours {statistics.mean(d['train_loss'] for d in progress):.4f}, baseline "
+              f"{b['training_loss']:.4f}",
+              flush=True)
+        ro, rb = _step_rates(ours_points, span_from), _step_rates(base_points, span_from)
+        print(f"  median of the per-step rates: ours {statistics.median(ro):.1f}, baseline {statistics.median(rb):.1f} "
+              f"tok/s ({statistics.median(ro) / statistics.median(rb):.2f}x); 1-min load average at the end of each: "
+              f"{load_ours:.1f}, {load_base:.1f} (on {os.cpu_count()} cores)", flush=True)
+        # the same comparison in CPU seconds of the training process: what each side computes per token,
+        # whatever else the machine runs meanwhile (steps 4..last: seen[k] is the CPU at the end of step k+1)
+        a, z = span_from + 1, last
+        if span_from in rank_cpu and z - 1 in rank_cpu and a in ours_points and str(a) in b["cpu"]:
+            ours_cpu = (ours_points[z][0] - ours_points[a][0]) / (rank_cpu[z - 1] - rank_cpu[span_from])
+            base_cpu = (base_points[z][0] - base_points[a][0]) / (b["cpu"][str(z)] - b["cpu"][str(a)])
+            report(f"  per CPU-second of the training process, {a + 1}->{z}", ours_cpu, base_cpu, "tok/cpu-s",
+                   "the same script", ">= 0.97x")
+
+        # ---- resume overhead: pause after the first checkpoint, resume, time to the first progress event
+        job_id = create(fid, checkpoint_interval=2)
+        deadline = time.monotonic() + 900
+        while not stack.http("GET", f"/v1/fine_tuning/jobs/{job_id}/checkpoints", k).json()["data"]:
+            assert time.monotonic() < deadline, "no checkpoint in 900 s"
+            time.sleep(0.3)
+        assert stack.http("POST", f"/v1/fine_tuning/jobs/{job_id}/pause", k).status_code == 200
+        paused = stack.wait_job(k, job_id, {"paused", "succeeded", "failed"}, timeout=600)
+        assert paused["status"] == "paused", paused
+        assert stack.http("POST", f"/v1/fine_tuning/jobs/{job_id}/resume", k).status_code == 200
+        deadline = time.monotonic() + 900
+        while True:
+            evs = _job_events(stack, job_id)
+            resumed = next(e for e in evs if e["type"] == "JobResumed")
+            after = [e for e in evs if e["pos"] > resumed["pos"]]
+            if any(e["type"] == "JobProgressed" for e in after) or any(
+                    e["type"] in ("JobFailed", "JobSucceeded") for e in after):
+                break
+            assert time.monotonic() < deadline, "no progress after the resume in 900 s"
+            time.sleep(0.3)
+        stack.http("POST", f"/v1/fine_tuning/jobs/{job_id}/cancel", k)  # the rest of the run measures nothing
+        stack.wait_job(k, job_id, {"cancelled", "succeeded", "failed"}, timeout=120)
+    except Exception:
+        for name in ("worker-cpu", "dispatcher"):
+            print(f"--- {name}.log (tail)\n" + (data / f"{name}.log").read_text()[-3000:])
+        raise
+    finally:
+        stack.stop_all()
+
+    def first(events, type_):
+        return next(e for e in events if e["type"] == type_)
+
+    fresh = [e for e in evs if e["pos"] < resumed["pos"]]
+    created, started0, progress0 = first(fresh, "JobCreated"), first(fresh, "JobStarted"), first(fresh, "JobProgressed")
+    started1, progress1 = first(after, "JobStarted"), first(after, "JobProgressed")
+    resume_s, fresh_s = progress1["t"] - resumed["t"], progress0["t"] - created["t"]
+    ckpt = first([e for e in fresh if e["type"] == "JobPaused"], "JobPaused")["data"]["step"]
+    report("resume: JobResumed -> first JobProgressed", resume_s, fresh_s, "s", "fresh start: JobCreated -> same",
+           "-", higher_is_better=False)
+    print(f"  resumed from the checkpoint at step {ckpt} (first record: step {progress1['data']['step']}); "
+          f"claim (JobStarted) after {started1['t'] - resumed['t']:.2f} s vs {started0['t'] - created['t']:.2f} s; "
+          f"JobStarted -> first JobProgressed {progress1['t'] - started1['t']:.1f} s vs "
+          f"{progress0['t'] - started0['t']:.1f} s", flush=True)
+    # where the time goes, from the recipe's first message (written once the Trainer exists; events are
+    # flushed at most ~1 s late): launch (torchrun, imports, model, tokenized data, Trainer) vs the rest
+    # (checkpoint load on the resume, two training steps: a step's record is written at the next step's end)
+    ready0 = next((e for e in fresh if "trainable parameters" in str(e["data"].get("message"))), None)
+    ready1 = next((e for e in after if "trainable parameters" in str(e["data"].get("message"))), None)
+    if ready0 and ready1:
+        print(f"  JobStarted -> the recipe's Trainer ready: {ready1['t'] - started1['t']:.1f} s vs "
+              f"{ready0['t'] - started0['t']:.1f} s; then -> first JobProgressed: {progress1['t'] - ready1['t']:.1f} s "
+              f"vs {progress0['t'] - ready0['t']:.1f} s", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     ap.add_argument("--only", nargs="*", default=None,
-                    help="appends batched replay latency retrieval ingest chat api")
+                    help="appends batched replay latency retrieval ingest chat api train")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
-    only = set(args.only or ["appends", "batched", "replay", "latency", "retrieval", "ingest", "chat", "api"])
+    only = set(args.only or ["appends", "batched", "replay", "latency", "retrieval", "ingest", "chat", "api",
+                                    "train"])
     tmp = Path(tempfile.mkdtemp(prefix="tunelog-bench-"))
     pg = EmbeddedPostgres(tmp / "pg", dbname="postgres")
     rs = EmbeddedRedis(tmp / "redis")
@@ -621,6 +825,8 @@ def main() -> None:
             bench_chat(server, redis_url, tmp, 3 if args.quick else 10)
         if "api" in only:
             bench_api(server, redis_url, tmp, 5 if args.quick else 15)
+        if "train" in only:
+            bench_train(server, redis_url, tmp, 24 if args.quick else 48)
     finally:
         rs.stop()
         pg.stop()
