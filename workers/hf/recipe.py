@@ -278,6 +278,10 @@ def _callback_class():
             if "train_loss" in out:  # for throughput over any span of steps (scripts/bench train)
                 out["tokens_seen"] = int(state.num_input_tokens_seen)
                 out["clock"] = round(time.perf_counter(), 4)
+                if self.r.cuda:
+                    import torch
+
+                    out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
             if "train_loss" in out and self.tokens_at is not None:
                 t, n = self.tokens_at
                 now = time.perf_counter()
@@ -359,8 +363,11 @@ class Recipe:
             self.peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                           target_modules=cfg.target_modules, task_type="CAUSAL_LM")
             if cfg.method != "dpo":  # TRL wraps the model itself (and uses the adapter-free base as reference)
-                # bf16 adapters on a bf16 base: peft's default upcasts them to fp32, slower for nothing here
-                model = get_peft_model(model, self.peft_config, autocast_adapter_dtype=not self.bf16)
+                # Adapters stay float32 (peft's default) on a bf16 base: AdamW updating bf16 weights in place,
+                # with no float32 master copy, loses every update under half a bf16 step. bf16 adapters are
+                # faster (see docs/bench.md) and available for experiments as extra.bf16_adapters.
+                model = get_peft_model(model, self.peft_config,
+                                       autocast_adapter_dtype=not (self.bf16 and cfg.extra.get("bf16_adapters")))
         self.model = model
         self.report = DataReport()
         cache = cfg.cache_dir
