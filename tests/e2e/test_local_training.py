@@ -92,11 +92,44 @@ def valid_file(stack, trainer):
     return upload(stack, trainer["key"], (DATA / "tiny_valid.jsonl").read_bytes())
 
 
+def _pause_after_first_step(stack, k: str, job: dict) -> dict:
+    wait_for(lambda: any(m["step"] >= 1 for m in metrics(stack, k, job["id"])), 600, 0.5, "a first step")
+    r = stack.http("POST", f"/v1/fine_tuning/jobs/{job['id']}/pause", k)
+    assert r.status_code == 200 and r.json()["status"] in ("pausing", "paused"), r.text
+    return stack.wait_job(k, job["id"], {"paused", "failed", "succeeded"}, timeout=120)
+
+
+def _kill_worker_after_first_checkpoint(stack, k: str, job: dict) -> str:
+    wait_for(lambda: stack.http("GET", f"/v1/fine_tuning/jobs/{job['id']}/checkpoints", k).json()["data"], 600,
+             0.5, "a first checkpoint")
+    running = stack.sql("SELECT worker FROM leases WHERE job_id = %s", (job["id"],))[0]["worker"]
+    pid = int(running.split(":")[1])
+    victim = next(name for name, p in list(stack.procs.items()) if name.startswith("worker-cpu") and (
+        p.pid == pid or pid in [c.pid for c in psutil.Process(p.pid).children(recursive=True)]))
+    stack.kill_tree(victim)  # the worker, its work horse, torchrun and the rank: all at once
+    wait_for(lambda: not recipe_processes(job["id"]), 15, what="every training process to die")
+    stack.start("worker-cpu", victim)
+    return victim
+
+
 @pytest.fixture(scope="module")
-def reference(stack, trainer, train_file, valid_file):
-    """An uninterrupted LoRA run (6 steps, a checkpoint every 2), the yardstick for the resumed ones."""
-    job = create(stack, trainer["key"], train_file, validation_file=valid_file, n_epochs=2, checkpoint_interval=2)
-    job = stack.wait_job(trainer["key"], job["id"], {"succeeded", "failed"}, timeout=600)
+def same_seed_jobs(stack, trainer, train_file, valid_file):
+    """Three identical LoRA jobs (seed 11, 6 steps, a checkpoint every 2), created together so that the
+    two workers run them side by side: one runs undisturbed, one is paused after its first step (and
+    later resumed), one loses its worker (SIGKILL of the whole tree) after its first checkpoint."""
+    k = trainer["key"]
+    jobs = {name: create(stack, k, train_file, validation_file=valid_file, n_epochs=2, checkpoint_interval=2)
+            for name in ("reference", "paused", "killed")}
+    with ThreadPoolExecutor(2) as pool:
+        paused = pool.submit(_pause_after_first_step, stack, k, jobs["paused"])
+        killed = pool.submit(_kill_worker_after_first_checkpoint, stack, k, jobs["killed"])
+        yield {**jobs, "paused_state": paused, "killed_worker": killed}
+
+
+@pytest.fixture(scope="module")
+def reference(stack, trainer, same_seed_jobs):
+    """The uninterrupted run: the yardstick for the resumed ones."""
+    job = stack.wait_job(trainer["key"], same_seed_jobs["reference"]["id"], {"succeeded", "failed"}, timeout=900)
     assert job["status"] == "succeeded", job["error"]
     return job
 
@@ -155,13 +188,10 @@ def test_evaluation_metrics_checkpoints_and_estimated_finish(stack, trainer, ref
 
 
 def test_pause_saves_a_checkpoint_frees_the_worker_and_resume_matches_an_uninterrupted_run(
-        stack, trainer, train_file, valid_file, reference):
+        stack, trainer, same_seed_jobs, reference):
     k = trainer["key"]
-    job = create(stack, k, train_file, validation_file=valid_file, n_epochs=2, checkpoint_interval=2)
-    wait_for(lambda: any(m["step"] >= 1 for m in metrics(stack, k, job["id"])), 300, 0.5, "a first step")
-    r = stack.http("POST", f"/v1/fine_tuning/jobs/{job['id']}/pause", k)
-    assert r.status_code == 200 and r.json()["status"] in ("pausing", "paused"), r.text
-    paused = stack.wait_job(k, job["id"], {"paused", "failed", "succeeded"}, timeout=120)
+    job = same_seed_jobs["paused"]
+    paused = same_seed_jobs["paused_state"].result()
     assert paused["status"] == "paused", paused
     # the worker is free: no recipe process of this job remains
     wait_for(lambda: not recipe_processes(job["id"]), 15, what="the recipe's processes to exit")
@@ -184,18 +214,10 @@ def test_pause_saves_a_checkpoint_frees_the_worker_and_resume_matches_an_uninter
 
 
 def test_a_worker_killed_mid_run_is_resumed_from_its_checkpoint_with_the_same_final_loss(
-        stack, trainer, train_file, valid_file, reference):
+        stack, trainer, same_seed_jobs, reference):
     k = trainer["key"]
-    job = create(stack, k, train_file, validation_file=valid_file, n_epochs=2, checkpoint_interval=2)
-    wait_for(lambda: stack.http("GET", f"/v1/fine_tuning/jobs/{job['id']}/checkpoints", k).json()["data"], 300, 0.5,
-             "a first checkpoint")
-    running = stack.sql("SELECT worker FROM leases WHERE job_id = %s", (job["id"],))[0]["worker"]
-    pid = int(running.split(":")[1])
-    victim = next(name for name, p in stack.procs.items() if name.startswith("worker-cpu") and (
-        p.pid == pid or pid in [c.pid for c in psutil.Process(p.pid).children(recursive=True)]))
-    stack.kill_tree(victim)  # the worker, its work horse, torchrun and the rank: all at once
-    wait_for(lambda: not recipe_processes(job["id"]) or None, 15, what="every training process to die")
-    stack.start("worker-cpu", victim)
+    job = same_seed_jobs["killed"]
+    assert same_seed_jobs["killed_worker"].result().startswith("worker-cpu")
     done = stack.wait_job(k, job["id"], {"succeeded", "failed"}, timeout=600)
     assert done["status"] == "succeeded", done["error"]
     messages = [e["message"] for e in events(stack, k, job["id"])]
