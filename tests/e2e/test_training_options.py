@@ -168,7 +168,8 @@ def test_a_supervised_job_with_every_extension_is_accepted(stack, trainer, files
     assert job["status"] == "queued"
     assert job["hyperparameters"] == hp
     assert job["method"] == {"type": "supervised", "supervised": {"hyperparameters": hp}}
-    again = stack.http("GET", f"/v1/fine_tuning/jobs/{job['id']}", trainer["key"]).json()
+    # a worker may have started it before the cancel: it stops it within seconds
+    again = stack.wait_job(trainer["key"], job["id"], {"cancelled"}, timeout=30)
     assert again["hyperparameters"] == hp and again["status"] == "cancelled"
 
 
