@@ -81,3 +81,30 @@ def test_a_large_file_is_tokenized_to_disk_with_bounded_memory(base_model, tmp_p
     assert (small["rows"], large["rows"]) == (SMALL, LARGE)
     # 10k rows of ~60 tokens held as Python lists would take ~100 MiB (100k: ~1 GiB)
     assert large["peak_mib"] - small["peak_mib"] < 48, (small, large)
+
+
+def test_packing_keeps_the_examples_of_a_batch_apart(tokenizer, base_model):
+    """Packed (padding-free) batches, as `packing: true` trains them (no KV cache: the recipe turns it off),
+    give each example the same loss as a padded batch: position ids restart per example and attention does
+    not cross into the neighbour. With the cache on, transformers does not separate them (found here)."""
+    import torch
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32).eval()
+    rows = [tokenize_example(tokenizer, m, 128)[0] for m in (
+        [{"role": "user", "content": "What is a noun?"}, {"role": "assistant", "content": "A naming word."}],
+        [{"role": "user", "content": "Name a verb."}, {"role": "assistant", "content": "Run, as in: we run home."}])]
+    padded = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)(
+        [dict(r) for r in rows], return_tensors="pt")
+    packed = DataCollatorWithFlattening()([dict(r) for r in rows], return_tensors="pt")
+    assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed
+
+    def token_losses(batch) -> torch.Tensor:
+        with torch.no_grad():
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+        labels = batch["labels"][:, 1:]
+        losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, reduction="none",
+                                                   ignore_index=-100)
+        return losses[labels != -100]
+
+    assert torch.allclose(token_losses(packed), token_losses(padded), atol=1e-4)

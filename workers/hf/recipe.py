@@ -354,6 +354,9 @@ class Recipe:
         if self.cuda and cfg.deepspeed is None and not cfg.qlora:
             kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
         model = AutoModelForCausalLM.from_pretrained(cfg.base_model_path, **kwargs)
+        # Training needs no KV cache, and with one transformers does not separate packed examples (it builds
+        # the block-diagonal mask from the position ids only without a cache): off while training.
+        model.config.use_cache = False
         self.peft_config = None
         if cfg.lora:
             from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -478,6 +481,7 @@ class Recipe:
 
     def save_final(self, final_metrics: dict[str, Any]) -> int:
         cfg = self.cfg
+        self.model.config.use_cache = True  # the saved model generates with its cache
         self.trainer.save_model(cfg.output_dir)  # adapter (LoRA) or full weights; gathered under ZeRO-3
         if self.rank == 0:
             self.tokenizer.save_pretrained(cfg.output_dir)
