@@ -31,13 +31,14 @@ def test_a_recipe_that_stops_reporting_is_stopped_and_the_job_fails_as_stalled(s
     svc.store.append("file-file-1", 0, [NewEvent("FileUploaded", {
         "id": "file-1", "project": "p", "filename": "t.jsonl", "purpose": "fine-tune", "bytes": len(content),
         "sha256": sha, "created_at": 1})])
-    job = created("ftjob-h")
+    job_id = "ftjob-" + "ab" * 12  # a real job id's shape: the artifact store refuses any other
+    job = created(job_id)
     job.data["hyperparameters"] = {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 1.0}
-    svc.store.append("job-ftjob-h", 0, [job])
+    svc.store.append(f"job-{job_id}", 0, [job])
     t0 = time.monotonic()
-    assert jobs.run_training("ftjob-h", 1) == "failed"
+    assert jobs.run_training(job_id, 1) == "failed"
     took = time.monotonic() - t0
-    events = svc.store.read_stream("job-ftjob-h")
+    events = svc.store.read_stream(f"job-{job_id}")
     assert events[-1].type == "JobFailed" and events[-1].data["error"]["code"] == "training_stalled"
     assert 3.0 <= took < 30, took
     # the hung process is gone and so is the lease
