@@ -34,6 +34,7 @@ from workers.progress import Fenced, ProgressLog
 
 log = logging.getLogger("tunelog.worker")
 BASE_LR = 2e-4  # LoRA learning rate at learning_rate_multiplier = 1
+LEASE_CUTOFF_SECONDS = 60.0  # without a lease renewal for this long, a worker stops its attempt
 MIN_PROGRESS_INTERVAL = 1.0  # seconds between two training-step events (evaluations are never dropped)
 RECIPE_MODULE = "workers.hf.recipe"  # run as `python -m RECIPE_MODULE config.json` (JSON lines on stdout)
 
@@ -94,11 +95,11 @@ class Lease:
                 last_ok = time.monotonic()
             except Exception:  # a blip: the next beat retries; the lease has slack
                 log.exception("lease heartbeat failed")
-                # Cut off from Postgres for three lease periods: the dispatcher may have handed the job to
-                # another attempt by now (it can reach Postgres when we cannot), which trains into the same
-                # checkpoint folder. Stop rather than train beside it; a short outage (both sides cut off,
-                # the dispatcher then grants a lease period of grace) is ridden out.
-                if time.monotonic() - last_ok > 3 * self.ttl:
+                # Cut off from Postgres this long: the dispatcher may have handed the job to another attempt
+                # by now (it can reach Postgres when we cannot), which trains into the same checkpoint
+                # folder. Stop rather than train beside it. An outage of Postgres itself (both sides cut
+                # off; the dispatcher then grants a lease period of grace) shorter than this is ridden out.
+                if time.monotonic() - last_ok > max(3 * self.ttl, LEASE_CUTOFF_SECONDS):
                     log.error("job %s: no lease renewal for %.0f s; stopping this attempt", self.job_id,
                               time.monotonic() - last_ok)
                     self.lost.set()
