@@ -284,7 +284,7 @@ class MetricsTail:
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
-                chunk = f.read(1 << 20)
+                chunk = f.read()  # to the end: after the exit, the last round must see every record
         except FileNotFoundError:
             return []
         self.offset += len(chunk)
@@ -410,12 +410,7 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
                 progress.finish(extra=[NewEvent("JobCancelled", {"reason": "cancelled by request", "at": _now()},
                                                progress.metadata)])
                 return "cancelled"
-            if exited:
-                for rec in tail.read():  # whatever came in between the last read and the exit
-                    if rec.get("kind") == "done":
-                        done = rec
-                    elif rec.get("kind") == "paused":
-                        paused = rec
+            if exited:  # polled before this round's read: every record the recipe wrote has been handled
                 break
             time.sleep(0.2)
     except BaseException:
