@@ -14,7 +14,7 @@ from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 from api.auth import require
 from api.common import Idempotent, append_and_respond, fingerprint, json_body, metadata, now, owned, page_limit, svc
 from api.registry import ResolvedModel, resolve, settings_for
-from domain.errors import Conflict, IdempotencyMismatch, ValidationError
+from domain.errors import Conflict, IdempotencyMismatch, ServiceUnavailable, ValidationError
 from domain.events import ChatAnswered, FeedbackApproved, FeedbackGiven, chat_stream
 from eventlog.store import AppendResult, Command, NewEvent
 
@@ -225,16 +225,35 @@ class SSEChunks:
         return "data: " + json.dumps({**self.head, "choices": [], "usage": usage}) + "\n\n"
 
 
+def _delegated(project: str, resolved: ResolvedModel):
+    """(provider, remote model, project settings) for a model a delegated provider serves, else None; a
+    local-only project is refused such a model (400 local_only)."""
+    if resolved.backend != "provider":
+        return None
+    from api.openai_compat import provider_of
+
+    project_settings = settings_for(project)
+    if project_settings.local_only:
+        raise ValidationError(f"the model {resolved.id!r} is served by an external provider, and this project is "
+                              "local-only (settings: local_only)", param="model", code="local_only")
+    found = provider_of(resolved.id)
+    if found is None:
+        raise ServiceUnavailable(f"the provider of {resolved.id!r} is no longer configured on this server")
+    return found[0], found[1], project_settings
+
+
 def _record(resolved: ResolvedModel, req: dict[str, Any], chat_id: str, sources: list, gen, started: float,
             created: int, principal, request_meta: dict[str, Any], cmd: ChatCommand,
-            body: dict[str, Any]) -> AppendResult:
+            body: dict[str, Any], redactions: dict[str, Any] | None = None) -> AppendResult:
     """ChatAnswered (text only where the project stores it), with the idempotent command in the same append."""
     store_text = settings_for(principal.project).store_chat_text
     ev = ChatAnswered(
         id=chat_id, project=principal.project, model=resolved.id, alias=resolved.alias,
         chunk_ids=[s["chunk_id"] for s in sources], latency_ms=round((time.perf_counter() - started) * 1000, 1),
         prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens, created_at=created,
-        messages=req["messages"] if store_text else None, answer=gen.text if store_text else None)
+        messages=req["messages"] if store_text else None, answer=gen.text if store_text else None,
+        provider=(redactions or {}).get("provider"),
+        redactions={k: v for k, v in redactions.items() if k != "provider"} if redactions else None)
     return svc().store.append(chat_stream(chat_id), 0, [NewEvent(ev.type, ev.to_data(), request_meta)],
                               command=cmd.command(chat_id, body if store_text else None))
 
@@ -267,23 +286,37 @@ def chat_completions():
                 return _replay(prior, req["stream"], req["include_usage"])
         resolved = resolve(principal.project, req["model"])
         s = svc().settings
-        model_server = server(s.model_dir, s.data_dir)
-        # the prompt without passages is a lower bound: refuse what cannot fit before any retrieval
-        check_context(model_server, resolved.base_model, build_prompt(req["messages"], []), req["max_tokens"],
-                      lim.context_tokens)
+        remote = _delegated(principal.project, resolved)  # (provider, remote model, settings) or None
+        model_server = server(s.model_dir, s.data_dir) if remote is None else None
+        # the prompt without passages is a lower bound: refuse what cannot fit before any retrieval (a provider
+        # checks its own context window)
+        if model_server is not None:
+            check_context(model_server, resolved.base_model, build_prompt(req["messages"], []), req["max_tokens"],
+                          lim.context_tokens)
         cleanup.callback(limits.acquire("chat").release)
         query = next((m["content"] for m in reversed(req["messages"]) if m["role"] == "user"), "")
         t_resolve = time.perf_counter()
         sources = retrieve(principal.project, query, req["top_k"]) if req["retrieval"] and query.strip() else []
         t_retrieve = time.perf_counter()
         prompt = build_prompt(req["messages"], sources)
-        if sources:  # now exactly, passages included
+        if sources and model_server is not None:  # now exactly, passages included
             check_context(model_server, resolved.base_model, prompt, req["max_tokens"], lim.context_tokens)
         gen = Generation()
-        pieces = model_server.stream(
-            base_id=resolved.base_model, model_id=resolved.id, artifact_path=resolved.artifact_path,
-            messages=prompt, max_tokens=req["max_tokens"], temperature=req["temperature"], top_p=req["top_p"],
-            seed=req["seed"], result=gen, queue_timeout=lim.queue_seconds, time_limit=lim.generation_seconds)
+        redactions = None
+        if remote is not None:
+            from api.remote_chat import open_stream
+
+            provider, remote_model, project_settings = remote
+            pieces, redacted = open_stream(
+                provider, remote_model, resolved.id, prompt, max_tokens=req["max_tokens"],
+                temperature=req["temperature"], top_p=req["top_p"], seed=req["seed"], result=gen,
+                roster=project_settings.pii_roster, time_limit=lim.generation_seconds)
+            redactions = {"provider": provider.name, **redacted.to_dict()}
+        else:
+            pieces = model_server.stream(
+                base_id=resolved.base_model, model_id=resolved.id, artifact_path=resolved.artifact_path,
+                messages=prompt, max_tokens=req["max_tokens"], temperature=req["temperature"], top_p=req["top_p"],
+                seed=req["seed"], result=gen, queue_timeout=lim.queue_seconds, time_limit=lim.generation_seconds)
         cleanup.callback(pieces.close)
         chat_id = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = now()
@@ -315,7 +348,8 @@ def chat_completions():
             text = "".join(parts)
             t_generate = time.perf_counter()
             out = completion(text)
-            result = _record(resolved, req, chat_id, sources, gen, started, created, principal, meta, cmd, out)
+            result = _record(resolved, req, chat_id, sources, gen, started, created, principal, meta, cmd, out,
+                             redactions)
         if result.duplicate and result.response is not None:  # a twin in another process won the race
             return _replay(result.response, False, False)
         timing = (f"parse;dur={(t_resolve - started) * 1000:.1f}, "
@@ -339,7 +373,7 @@ def chat_completions():
             out = completion(gen.text)
             if req["include_usage"]:
                 yield sse.usage(out["usage"])
-            _record(resolved, req, chat_id, sources, gen, started, created, principal, meta, cmd, out)
+            _record(resolved, req, chat_id, sources, gen, started, created, principal, meta, cmd, out, redactions)
             yield "data: [DONE]\n\n"
         finally:  # also when the client goes away mid-stream (the generator is closed)
             cleanup.close()

@@ -31,7 +31,10 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(DomainError)
     def _domain(e: DomainError):
-        return error_response(e.status, e.code, e.message, e.param)
+        resp, status = error_response(e.status, e.code, e.message, e.param)
+        if status == 503 or (status == 429 and getattr(e, "retry_after", None)):
+            resp.headers["Retry-After"] = str(getattr(e, "retry_after", None) or RETRY_AFTER_SECONDS)
+        return resp, status
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(e):

@@ -115,6 +115,10 @@ def request_export(model_id: str):
     export_id = "export-" + uuid.uuid4().hex[:24]
     for _ in range(10):
         events, reg = _live_model(model_id)
+        if reg.get("backend") == "provider":
+            raise ValidationError(f"{model_id!r} was trained by a delegated provider, which keeps its weights: there "
+                                  "is nothing here to export (re-run its job on a local model to own the weights)",
+                                  param="model", code="unsupported_format")
         if fmt == "gguf" and (why := _gguf_unsupported(reg["base_model"])):
             raise ValidationError(why, param="format", code="unsupported_format")
         if (same := _pending_or_done(events, fmt)) is not None:

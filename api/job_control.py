@@ -62,7 +62,8 @@ def cancel_job(job_id: str):
         if state.status == "cancelled" or (state.cancel_requested and state.status not in ("queued", "paused")):
             return None
         asked = ("CancelRequested", {"actor": g.principal.key_id, "at": now()})
-        if state.status in ("queued", "paused"):  # nobody runs it: cancelled at once
+        # nobody runs it: cancelled at once (a delegated job followed at its provider is cancelled there first)
+        if state.status in ("queued", "paused") and state.remote is None:
             return [asked, ("JobCancelled", {"reason": "cancelled before it started" if state.status == "queued"
                                              else "cancelled while paused", "at": now()})]
         return [asked]
@@ -76,6 +77,10 @@ def pause_job(job_id: str):
     _get_job(job_id)  # 404 for another project's job
 
     def decide(state: JobState):
+        if state.delegated:
+            raise Conflict(f"job {job_id} is trained by provider {state.model.split('/')[0]!r}; a delegated job "
+                           "cannot be paused (cancel it, or re-run its spec later)", param="fine_tuning_job_id",
+                           code="job_not_pausable")
         if state.status in ("pausing", "paused"):
             return None
         if state.status not in ("queued", "running"):

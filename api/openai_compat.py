@@ -16,13 +16,23 @@ from flask import Blueprint, g, jsonify, request, send_file
 
 from api.auth import require
 from api.common import Idempotent, append_and_respond, json_body, metadata, now, owned, page_limit, svc
-from domain.configs import Hyperparameters, parse_method
+from domain.configs import EXTENSION_KEYS, Hyperparameters, parse_method
 from domain.datasets import check_jsonl
-from domain.errors import NotFound, PayloadTooLarge, ValidationError
-from domain.events import FileDeleted, FileUploaded, JobCreated, file_stream, job_stream, upcast
+from domain.errors import NotFound, PayloadTooLarge, ServiceUnavailable, ValidationError
+from domain.events import (
+    BudgetCharged,
+    CostEstimated,
+    FileDeleted,
+    FileUploaded,
+    JobCreated,
+    budget_stream,
+    file_stream,
+    job_stream,
+    upcast,
+)
 from domain.jobs import JobState, fold
 from eventlog.catalog import BASE_MODELS, ModelPathError, hf_model_folder
-from eventlog.store import NewEvent
+from eventlog.store import Append, NewEvent
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 
@@ -183,6 +193,8 @@ def job_object(j: JobState | dict[str, Any]) -> dict[str, Any]:
         "status": d["status"], "trained_tokens": d["trained_tokens"], "training_file": d["training_file"],
         "validation_file": d["validation_file"], "estimated_finish": d.get("estimated_finish"), "integrations": [],
         "metadata": d["metadata"], "method": d["method"], "user_provided_suffix": d["suffix"],
+        # tunelog's: the job this one re-runs, and a delegated job's provider and remote job
+        "rerun_of": d.get("rerun_of"), "remote": d.get("remote"),
     }
 
 
@@ -192,10 +204,26 @@ def _get_job(job_id: str) -> dict[str, Any]:
     return owned("jobs", job_id, "fine-tuning job", "fine_tuning_job_id")
 
 
-def _resolve_model(model: Any) -> tuple[str, int]:
-    """(backend, context length) for a trainable model name, or a 400 naming the problem."""
+def provider_of(model: str):
+    """(provider, remote model) when `model` is `<configured provider>/<remote model>`, else None. An unreadable
+    providers file is the operator's fault: a 503 naming it, never a model not found."""
+    from eventlog import providers
+
+    try:
+        return providers.load(svc().settings.data_dir).split(model)
+    except providers.ProviderConfigError as e:
+        raise ServiceUnavailable(f"the provider configuration is invalid; the operator must fix it ({e})") from None
+
+
+def _resolve_model(model: Any) -> tuple[str, int | None]:
+    """(backend, context length) for a trainable model name, or a 400 naming the problem. A delegated
+    provider's model has no context length here: the provider checks its own."""
     if not isinstance(model, str) or not model:
         raise ValidationError("model is required (e.g. 'smollm2-135m-instruct')", param="model")
+    if len(model) > 256 or not storable(model):
+        raise ValidationError("model must be a model name of at most 256 characters", param="model")
+    if provider_of(model) is not None:
+        return "provider", None
     if model in BASE_MODELS:
         return "hf-lora", BASE_MODELS[model].context_length
     if model.startswith("hf/"):
@@ -222,7 +250,7 @@ def _resolve_model(model: Any) -> tuple[str, int]:
             raise ValidationError(f"model {model!r}: its config.json is not a readable model configuration "
                                   f"({type(e).__name__})", param="model", code="model_not_available") from None
         return "hf-lora", context
-    if model.startswith("openai/") or model == "dspy":
+    if model == "dspy":
         raise ValidationError(f"model {model!r}: this backend is not enabled on this server yet", param="model",
                               code="model_not_available")
     known = ", ".join(sorted(BASE_MODELS))
@@ -232,6 +260,7 @@ def _resolve_model(model: Any) -> tuple[str, int]:
 
 ALLOWED_JOB_KEYS = {"model", "training_file", "validation_file", "suffix", "seed", "metadata", "method",
                     "hyperparameters", "integrations"}
+RERUN_KEYS = {"model", "suffix", "seed", "metadata", "method", "hyperparameters"}
 # the dataset format each method trains on (domain/datasets.py), and how a message names it
 METHOD_FORMAT = {"supervised": "chat", "dpo": "preference"}
 FORMAT_NAMES = {"chat": "chat format (messages)",
@@ -291,16 +320,52 @@ def check_method_options(method_type: str, hp: Hyperparameters, train: dict[str,
 @bp.post("/fine_tuning/jobs")
 def create_job():
     p = require("admin", "trainer")
+    body = _job_body(ALLOWED_JOB_KEYS)
+    return _create_job(p, body, Idempotent(body))
+
+
+@bp.post("/fine_tuning/jobs/<job_id>/rerun")
+def rerun_job(job_id: str):
+    """The job's spec (files, method, hyperparameters OpenAI's API shares, seed, suffix, metadata) submitted
+    again, to another model or backend: `{"model": "smollm2-135m-instruct"}` trains locally what a provider
+    trained (or the reverse). Fields in the body replace the old job's; lineage links the two jobs."""
+    p = require("admin", "trainer")
+    old = _get_job(job_id)
+    patch = _job_body(RERUN_KEYS)
+    if "model" not in patch:
+        raise ValidationError("model is required: the model (or provider model) the job is re-run on", param="model")
+    body: dict[str, Any] = {"model": patch["model"], "training_file": old["training_file"],
+                            "validation_file": old["validation_file"], "seed": old["seed"], "suffix": old["suffix"],
+                            "metadata": old["metadata"]}
+    mtype = (old["method"] or {}).get("type", "supervised")
+    if "method" not in patch and "hyperparameters" not in patch:
+        hp = {k: v for k, v in (old["hyperparameters"] or {}).items()
+              if k in OPENAI_PORTABLE_KEYS or (k == "beta" and mtype == "dpo")}
+        body["method"] = {"type": mtype, mtype: {"hyperparameters": hp}}
+    body.update({k: v for k, v in patch.items() if k != "model"})
+    return _create_job(p, body, Idempotent({"rerun": job_id, **patch}), rerun_of=job_id)
+
+
+# the hyperparameters every backend takes: what a re-run carries over from the old job
+OPENAI_PORTABLE_KEYS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+
+
+def _job_body(allowed: set[str]) -> dict[str, Any]:
     try:
         body = json_body()
     except RecursionError:  # the json module's limit on nesting; a body that deep is no job request
         raise ValidationError("the request body is nested too deeply", param=None) from None
-    unknown = set(body) - ALLOWED_JOB_KEYS
+    unknown = set(body) - allowed
     if unknown:
         raise ValidationError(f"unrecognized request argument(s): {', '.join(sorted(unknown))}",
                               param=sorted(unknown)[0])
-    idem = Idempotent(body)
+    return body
+
+
+def _create_job(p, body: dict[str, Any], idem: Idempotent, rerun_of: str | None = None):
     backend, context_length = _resolve_model(body.get("model"))
+    if backend == "provider":
+        _check_delegation(p.project, body["model"])
     if not isinstance(body.get("training_file"), str):
         raise ValidationError("training_file is required (an uploaded file id)", param="training_file")
     if body.get("validation_file") is not None and not isinstance(body["validation_file"], str):
@@ -310,7 +375,7 @@ def create_job():
     for f, param in ((train, "training_file"), (valid, "validation_file")):
         if f is not None and f["purpose"] != "fine-tune":
             raise ValidationError(f"{param} {f['id']} has purpose {f['purpose']!r}, not 'fine-tune'", param=param)
-        if f is not None and (f["stats"].get("max_tokens") or 0) > context_length:
+        if f is not None and context_length and (f["stats"].get("max_tokens") or 0) > context_length:
             raise ValidationError(f"{param} {f['id']} has an example of {f['stats']['max_tokens']} tokens, over "
                                   f"the model's context length of {context_length}", param=param)
     n_train = train["stats"].get("n_examples") or 0
@@ -335,19 +400,99 @@ def create_job():
     if body.get("integrations"):
         raise ValidationError("integrations are not supported", param="integrations")
     method_type, hp = parse_method(body.get("method"), body.get("hyperparameters"))
-    check_method_options(method_type, hp, train, valid, context_length)
-    resolved = hp.resolve(train["stats"].get("n_examples") or 0)
     job_id = "ftjob-" + uuid.uuid4().hex[:24]
+    extra: list[Append] = []
+    follow: list[NewEvent] = []
+    if backend == "provider":
+        _check_delegated_options(method_type, body.get("method"), train, valid)
+        # what the provider is sent (OpenAI's own keys; "auto" left to the provider), and shown as OpenAI does
+        stored = {k: getattr(hp, k) for k in (*OPENAI_PORTABLE_KEYS, *(("beta",) if method_type == "dpo" else ()))}
+        estimate, charge = _estimate_cost(p.project, job_id, body["model"], train, hp)
+        follow.append(NewEvent(estimate.type, estimate.to_data(), metadata(job_id)))
+        extra += charge
+    else:
+        check_method_options(method_type, hp, train, valid, context_length or 0)
+        stored = hp.resolve(train["stats"].get("n_examples") or 0)
     ev = JobCreated(
         id=job_id, project=p.project, model=body["model"], backend=backend,
-        queue=svc().settings.training_queue, training_file=train["id"], training_file_sha256=train["sha256"],
-        validation_file=valid["id"] if valid else None, validation_file_sha256=valid["sha256"] if valid else None,
-        hyperparameters=resolved, method={"type": method_type, method_type: {"hyperparameters": resolved}},
-        suffix=suffix, seed=seed, metadata=meta, created_at=now(),
+        queue="cpu" if backend == "provider" else svc().settings.training_queue, training_file=train["id"],
+        training_file_sha256=train["sha256"], validation_file=valid["id"] if valid else None,
+        validation_file_sha256=valid["sha256"] if valid else None, hyperparameters=stored,
+        method={"type": method_type, method_type: {"hyperparameters": stored}},
+        suffix=suffix, seed=seed, metadata=meta, created_at=now(), rerun_of=rerun_of,
     )
-    state = fold([(ev.type, ev.to_data(), 1)])
-    return append_and_respond(idem, 200, job_object(state), lambda cmd: svc().store.append(
-        job_stream(job_id), 0, [NewEvent(ev.type, ev.to_data(), metadata(job_id))], command=cmd))
+    state = fold([(ev.type, ev.to_data(), 1)] + [(e.type, e.data, 2 + i) for i, e in enumerate(follow)])
+    return append_and_respond(idem, 200, job_object(state), lambda cmd: svc().store.append_many(
+        [Append(job_stream(job_id), 0, [NewEvent(ev.type, ev.to_data(), metadata(job_id)), *follow]), *extra],
+        command=cmd))
+
+
+def _check_delegation(project: str, model: str) -> None:
+    """A delegated job may be created: the project allows external providers, and the provider has a key."""
+    from api.registry import settings_for
+
+    if settings_for(project).local_only:
+        raise ValidationError(f"model {model!r} is trained by an external provider, and this project is local-only "
+                              "(settings: local_only); train a local model instead", param="model", code="local_only")
+    provider, _ = provider_of(model)
+    if provider.api_key() is None:
+        raise ValidationError(f"provider {provider.name!r} has no API key configured on this server (the operator "
+                              f"sets {provider.key_source})", param="model", code="provider_not_configured")
+
+
+def _check_delegated_options(method_type: str, raw_method: Any, train: dict[str, Any],
+                             valid: dict[str, Any] | None) -> None:
+    """A provider takes OpenAI's hyperparameters only: tunelog's local options would be silently dropped."""
+    given = (((raw_method or {}).get(method_type) or {}).get("hyperparameters") or {}) \
+        if isinstance(raw_method, dict) else {}
+    local = sorted(k for k in given if k in EXTENSION_KEYS)
+    if local:
+        raise ValidationError(f"hyperparameter {local[0]!r} is a local-training option; a delegated job takes "
+                              f"OpenAI's n_epochs, batch_size, learning_rate_multiplier"
+                              f"{' and beta' if method_type == 'dpo' else ''} only",
+                              param=f"method.{method_type}.hyperparameters.{local[0]}",
+                              code="unsupported_hyperparameter")
+    need = METHOD_FORMAT[method_type]
+    for f, param in ((train, "training_file"), (valid, "validation_file")):
+        if f is not None and file_format(f) != need:
+            raise ValidationError(f"{param} {f['id']} is in {FORMAT_NAMES.get(file_format(f), file_format(f))}; "
+                                  f"method \"{method_type}\" needs {FORMAT_NAMES[need]}", param=param,
+                                  code="invalid_file_format")
+
+
+def _estimate_cost(project: str, job_id: str, model: str, train: dict[str, Any], hp):
+    """CostEstimated (tokens x epochs x the price table's price), and, where the project has a monthly budget,
+    the charge against it: appended with the job to this month's budget stream at its version, so two jobs
+    created at once cannot both spend the last of the budget (a 400 when it would be exceeded)."""
+    import datetime
+
+    from api.registry import settings_for
+    from eventlog import providers
+
+    tokens = int(train["stats"].get("total_tokens") or 0)
+    epochs = hp.resolve(train["stats"].get("n_examples") or 0)["n_epochs"]
+    price = providers.load(svc().settings.data_dir).price(model)
+    cost = round(tokens * epochs * price / 1e6, 6) if price is not None else None
+    estimate = CostEstimated(tokens=tokens, n_epochs=epochs, price_per_million_usd=price, estimated_cost_usd=cost,
+                             at=now())
+    budget = settings_for(project).monthly_budget_usd
+    if budget is None:
+        return estimate, []
+    if cost is None:
+        raise ValidationError(f"this project has a monthly budget, and the price table has no price for {model!r}, "
+                              "so its cost cannot be checked (the operator adds it under [prices])", param="model",
+                              code="budget_exceeded")
+    month = datetime.datetime.now(datetime.UTC).strftime("%Y-%m")
+    stream = budget_stream(project, month)
+    events = svc().store.read_stream(stream)
+    spent = sum(e.data["amount_usd"] for e in events if e.type == "BudgetCharged")
+    if spent + cost > budget + 1e-9:
+        raise ValidationError(f"this job's estimated cost of ${cost:.2f} ({tokens} tokens x {epochs} epoch(s) at "
+                              f"${price}/1M) would exceed this project's monthly budget of ${budget:.2f} "
+                              f"(${spent:.2f} spent in {month})", param="model", code="budget_exceeded")
+    charge = BudgetCharged(job_id=job_id, amount_usd=cost, at=now())
+    return estimate, [Append(stream, events[-1].stream_version if events else 0,
+                             [NewEvent(charge.type, charge.to_data(), metadata(job_id))])]
 
 
 @bp.get("/fine_tuning/jobs")
@@ -400,6 +545,16 @@ MESSAGES = {
     "ResumeRequested": lambda d: "Resume requested",
     "JobResumed": lambda d: "Fine-tuning job resumed: it continues from its latest checkpoint",
     "JobMessage": lambda d: d["message"],
+    "CostEstimated": lambda d: (f"Estimated cost: ${d['estimated_cost_usd']:.4f} ({d['tokens']} training tokens x "
+                                f"{d['n_epochs']} epoch(s) at ${d['price_per_million_usd']}/1M tokens)"
+                                if d.get("estimated_cost_usd") is not None else
+                                f"{d['tokens']} training tokens x {d['n_epochs']} epoch(s); no price is known for this "
+                                "model, so no cost estimate"),
+    "DataRedacted": lambda d: (f"Redacted before upload to the provider from {d['file']}: {d['emails']} email(s), "
+                               f"{d['phones']} phone number(s), {d['names']} name(s); the local copy is unchanged"),
+    "RemoteJobCreated": lambda d: (f"Remote job {d['remote_job_id']} at provider {d['provider']}: "
+                                   f"{d['remote_status']}"),
+    "RemoteJobUpdated": lambda d: f"Remote job status: {d['remote_status']}",
 }
 LEVELS = {"JobFailed": "error", "JobAttemptLost": "warn"}
 
@@ -497,8 +652,36 @@ def _models() -> list[dict[str, Any]]:
         aliases = {r["alias"]: r for r in c.execute("SELECT alias, model, updated_at FROM aliases WHERE project = %s",
                                                     (g.principal.project,)).fetchall()}
     aliases.setdefault(DEFAULT_ALIAS, {"alias": DEFAULT_ALIAS, "model": DEFAULT_BASE, "updated_at": None})
+    out += _remote_models()
     out += [{"id": a["alias"], "object": "model", "created": a["updated_at"] or 0, "owned_by": g.principal.project,
              "kind": "alias", "target": a["model"]} for a in sorted(aliases.values(), key=lambda a: a["alias"])]
+    return out
+
+
+def _remote_models() -> list[dict[str, Any]]:
+    """The base models of each configured provider with a key (cached; `?refresh=true` asks again), unless
+    the project is local-only. Models a tunelog job trained there are listed by their own projects only."""
+    from api.registry import settings_for
+    from eventlog import providers
+
+    if settings_for(g.principal.project).local_only:
+        return []
+    try:
+        config = providers.load(svc().settings.data_dir)
+    except providers.ProviderConfigError:
+        return []
+    refresh = request.args.get("refresh") in ("1", "true")
+    with svc().pool.connection() as c:
+        trained = {r["id"] for r in c.execute("SELECT id FROM models WHERE backend = 'provider'").fetchall()}
+    out = []
+    for provider in config.providers.values():
+        if provider.api_key() is None:
+            continue
+        for m in providers.remote_models(provider, refresh=refresh):
+            model_id = f"{provider.name}/{m['id']}"
+            if model_id not in trained:
+                out.append({"id": model_id, "object": "model", "created": m["created"], "owned_by": provider.name,
+                            "kind": "remote"})
     return out
 
 

@@ -24,7 +24,7 @@ DEFAULT_BASE = "smollm2-135m-instruct"
 class ResolvedModel:
     id: str
     alias: str | None
-    backend: str  # hf-base | hf-lora
+    backend: str  # hf-base | hf-lora | hf-full | provider
     base_model: str
     artifact_path: str | None
     score: float | None  # final validation loss, lower is better
@@ -49,7 +49,8 @@ def _checkpoint(c, project: str, name: str) -> dict[str, Any] | None:
     a model: an adapter, or full weights, in the checkpoint's folder. Not once its model was deleted."""
     row = c.execute(
         "SELECT k.path AS artifact_path, k.fine_tuned_model_checkpoint AS id, j.model AS base_model, "
-        "CASE WHEN coalesce((j.hyperparameters ->> 'lora')::boolean, true) THEN 'hf-lora' ELSE 'hf-full' END "
+        "CASE WHEN j.backend = 'provider' THEN 'provider' "
+        "WHEN coalesce((j.hyperparameters ->> 'lora')::boolean, true) THEN 'hf-lora' ELSE 'hf-full' END "
         "AS backend, k.metrics FROM job_checkpoints k JOIN jobs j ON j.id = k.job_id "
         "WHERE k.fine_tuned_model_checkpoint = %s AND k.project = %s AND NOT EXISTS ("
         "  SELECT 1 FROM models m WHERE m.job_id = k.job_id AND m.deleted_at IS NOT NULL) "
@@ -57,6 +58,17 @@ def _checkpoint(c, project: str, name: str) -> dict[str, Any] | None:
     if row is None:
         return None
     return {**row, "lineage": {"final_metrics": row.pop("metrics") or {}}}
+
+
+def _remote_base(c, name: str) -> bool:
+    """`<provider>/<model>` that no tunelog job trained: a provider's own model, answered through it. A model
+    (or checkpoint) another project trained at a shared provider is not: it is that project's."""
+    from api.openai_compat import provider_of
+
+    if provider_of(name) is None:
+        return False
+    return c.execute("SELECT 1 FROM models WHERE id = %s UNION ALL SELECT 1 FROM job_checkpoints "
+                     "WHERE fine_tuned_model_checkpoint = %s LIMIT 1", (name, name)).fetchone() is None
 
 
 def resolve(project: str, name: str) -> ResolvedModel:
@@ -72,6 +84,8 @@ def resolve(project: str, name: str) -> ResolvedModel:
                         (name, project)).fetchone()
         if row is None and ":ckpt-step-" in name:
             row = _checkpoint(c, project, name)
+        if row is None and _remote_base(c, name):
+            return ResolvedModel(name, alias, "provider", name, None, None)
     if row is None:
         raise NotFound(f"the model {name!r} does not exist (nor an alias of that name)", param="model",
                        code="model_not_found")

@@ -63,3 +63,17 @@ class ConcurrencyConflict(Conflict):
 class IdempotencyMismatch(DomainError):
     status = 422
     code = "idempotency_key_reused"
+
+
+class ServiceUnavailable(DomainError):
+    """Something the operator must fix, or a dependency that is down: 503 with Retry-After."""
+
+    status = 503
+    code = "service_unavailable"
+
+
+class UpstreamError(DomainError):
+    """A delegated provider answered with an error or could not be reached (chat through the provider)."""
+
+    status = 502
+    code = "provider_error"

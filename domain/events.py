@@ -88,6 +88,7 @@ class JobCreated(Event):
     seed: int
     metadata: dict[str, str] | None
     created_at: int
+    rerun_of: str | None = None  # the job whose spec this one re-submits (POST .../rerun)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class JobProgressed(Event):
     full_valid_loss: float | None = None  # on the whole validation file, at the end
     full_valid_mean_token_accuracy: float | None = None
     estimated_finish: int | None = None  # unix seconds, from the measured step times
+    remote_id: str | None = None  # a delegated job's: the provider's event id (mirrored exactly once)
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class JobMessage(Event):
     level: str
     message: str
     at: int
+    remote_id: str | None = None  # a delegated job's: the provider's event id (mirrored exactly once)
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,63 @@ class ModelRegistered(Event):
     artifact_path: str | None
     created_at: int
     lineage: dict[str, Any]
+
+
+# ---- delegated fine-tuning (workers/delegate.py; docs/delegation.md) ------------------------------------
+def budget_stream(project: str, month: str) -> str:
+    """A project's delegated spending in one calendar month (YYYY-MM, UTC): appends to it are serialized by
+    its version, so two jobs created at once cannot both spend the last of a budget."""
+    return f"budget-{project}/{month}"
+
+
+@dataclass(frozen=True)
+class CostEstimated(Event):
+    """At create time: the training file's tokens and the estimated cost from the operator's price table."""
+
+    tokens: int
+    n_epochs: int
+    price_per_million_usd: float | None
+    estimated_cost_usd: float | None
+    at: int
+
+
+@dataclass(frozen=True)
+class BudgetCharged(Event):
+    job_id: str
+    amount_usd: float
+    at: int
+
+
+@dataclass(frozen=True)
+class DataRedacted(Event):
+    """What was redacted from a file before it left for the provider (counts only; the local copy is unchanged)."""
+
+    file: str
+    emails: int
+    phones: int
+    names: int
+    at: int
+
+
+@dataclass(frozen=True)
+class RemoteJobCreated(Event):
+    provider: str
+    remote_job_id: str
+    remote_model: str
+    remote_status: str
+    remote_files: dict[str, str | None]
+    found_existing: bool  # a retry found the job an earlier attempt created (by metadata), and created none
+    at: int
+
+
+@dataclass(frozen=True)
+class RemoteJobUpdated(Event):
+    """The remote job's status changed (our status follows it until it ends)."""
+
+    remote_status: str
+    at: int
+    estimated_finish: int | None = None
+    trained_tokens: int | None = None
 
 
 # (type name) -> function(data) -> (new type name, new data). Empty until a shape changes; add an
@@ -319,6 +379,8 @@ class ChatAnswered(Event):
     created_at: int
     messages: list[dict[str, Any]] | None = None  # only where the project allows storing chat text
     answer: str | None = None
+    provider: str | None = None  # answered through a delegated provider
+    redactions: dict[str, int] | None = None  # what was redacted from the prompt sent to that provider
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ from typing import Any
 STATUSES = ("validating_files", "queued", "running", "pausing", "paused", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 # Event types that change nothing in JobState but its version (evolve below agrees: no branch for them).
-VERSION_ONLY = frozenset({"JobMessage", "CheckpointSaved", "CheckpointDeleted"})
+VERSION_ONLY = frozenset({"JobMessage", "CheckpointSaved", "CheckpointDeleted", "CostEstimated", "DataRedacted"})
+# a delegated job's remote statuses our status follows (the terminal ones come as JobSucceeded/Failed/Cancelled)
+REMOTE_FOLLOWED = ("validating_files", "queued", "running", "pausing", "paused")
 # JobProgressed changes only `estimated_finish` (and the version): the projection takes a fast path for it.
 
 
@@ -43,10 +45,18 @@ class JobState:
     estimated_finish: int | None = None  # unix seconds, from measured step times while running
     pause_requested: bool = False
     lost_attempts: int = 0  # attempts whose worker was lost: the retry limit counts these only
+    # a delegated job's remote job, once created: {provider, remote_job_id, remote_model, remote_status}.
+    # From then on it is followed by scheduled polls, not by a worker holding a lease.
+    remote: dict[str, Any] | None = None
+    rerun_of: str | None = None
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def delegated(self) -> bool:
+        return self.backend == "provider"
 
 
 def evolve(state: JobState, type_: str, data: dict[str, Any], version: int) -> JobState:
@@ -58,11 +68,18 @@ def evolve(state: JobState, type_: str, data: dict[str, Any], version: int) -> J
             queue=data["queue"], status="queued", training_file=data["training_file"],
             validation_file=data.get("validation_file"), hyperparameters=data["hyperparameters"],
             method=data["method"], suffix=data.get("suffix"), seed=data.get("seed"),
-            metadata=data.get("metadata"), created_at=data["created_at"],
+            metadata=data.get("metadata"), created_at=data["created_at"], rerun_of=data.get("rerun_of"),
         )
     elif type_ == "JobStarted":
         s = replace(s, status="pausing" if s.pause_requested else "running", attempt=data["attempt"],
                     started_at=s.started_at or data["started_at"], estimated_finish=None)
+    elif type_ == "RemoteJobCreated":
+        remote = {k: data[k] for k in ("provider", "remote_job_id", "remote_model", "remote_status")}
+        s = replace(s, remote=remote, status=_followed(data["remote_status"], s.status))
+    elif type_ == "RemoteJobUpdated":
+        s = replace(s, remote={**(s.remote or {}), "remote_status": data["remote_status"]},
+                    status=_followed(data["remote_status"], s.status),
+                    estimated_finish=data.get("estimated_finish"))
     elif type_ == "JobProgressed":
         if data.get("estimated_finish") is not None:
             s = replace(s, estimated_finish=data["estimated_finish"])
@@ -86,6 +103,10 @@ def evolve(state: JobState, type_: str, data: dict[str, Any], version: int) -> J
         s = replace(s, status="succeeded", fine_tuned_model=data["fine_tuned_model"],
                     trained_tokens=data["trained_tokens"], finished_at=data["at"], estimated_finish=None)
     return replace(s, version=version)
+
+
+def _followed(remote_status: str, current: str) -> str:
+    return remote_status if remote_status in REMOTE_FOLLOWED else current
 
 
 def fold(events: list[tuple[str, dict[str, Any], int]]) -> JobState:

@@ -1,7 +1,8 @@
 """Project settings and the promotion gate."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from domain.errors import Conflict, ValidationError
@@ -13,10 +14,17 @@ DEFAULT_ALIAS = "tutor"
 class ProjectSettings:
     store_chat_text: bool = False  # keep users' questions and answers in the log (privacy: off by default)
     promotion_requires_better_eval: bool = False
+    local_only: bool = False  # no external provider, for jobs and chat alike (docs/delegation.md)
+    monthly_budget_usd: float | None = None  # delegated jobs' estimated cost per calendar month (UTC)
+    # names redacted (with emails and phone numbers) from what leaves for a provider; shown to the project's keys
+    pii_roster: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> ProjectSettings:
-        return cls(**{k: v for k, v in (raw or {}).items() if k in cls.__dataclass_fields__})
+        known = {k: v for k, v in (raw or {}).items() if k in cls.__dataclass_fields__}
+        if isinstance(known.get("pii_roster"), list):
+            known["pii_roster"] = tuple(known["pii_roster"])
+        return cls(**known)
 
     def updated(self, patch: Any) -> ProjectSettings:
         if not isinstance(patch, dict):
@@ -24,13 +32,40 @@ class ProjectSettings:
         unknown = set(patch) - set(self.__dataclass_fields__)
         if unknown:
             raise ValidationError(f"unknown setting(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
+        clean: dict[str, Any] = {}
         for k, v in patch.items():
-            if not isinstance(v, bool):
+            if k == "monthly_budget_usd":
+                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                                      or not 0 <= v <= 1e9):
+                    raise ValidationError("monthly_budget_usd must be a number of US dollars between 0 and 1e9, or "
+                                          "null for no budget", param=k)
+                clean[k] = None if v is None else float(v)
+            elif k == "pii_roster":
+                clean[k] = _roster(v)
+            elif not isinstance(v, bool):
                 raise ValidationError(f"{k} must be true or false", param=k)
-        return ProjectSettings(**{**asdict(self), **patch})
+            else:
+                clean[k] = v
+        return ProjectSettings(**{**asdict(self), **clean})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["pii_roster"] = list(self.pii_roster)
+        return d
+
+
+MAX_ROSTER = 10000
+
+
+def _roster(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_ROSTER:
+        raise ValidationError(f"pii_roster must be a list of at most {MAX_ROSTER} names", param="pii_roster")
+    names = []
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not 1 <= len(name.strip()) <= 100 or "\x00" in name:
+            raise ValidationError(f"pii_roster[{i}] must be a name of 1-100 characters", param=f"pii_roster[{i}]")
+        names.append(name.strip())
+    return tuple(dict.fromkeys(names))
 
 
 def check_promotion(settings: ProjectSettings, alias: str, model: str, new_score: float | None,

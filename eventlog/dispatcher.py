@@ -72,6 +72,8 @@ class Dispatcher:
         self._redis: redis.Redis | None = None
         self._removed: set[str] = set()  # deleted models whose files are known to be removed
         self._removal_tries: dict[str, int] = {}
+        self.follow_check_seconds = 15.0  # delegated jobs' poll chains are checked this often (Redis reads)
+        self._last_follow_check = float("-inf")
 
     @property
     def redis(self) -> redis.Redis:
@@ -131,7 +133,11 @@ class Dispatcher:
             elif e.type == "ModelDeleted":
                 self.enqueue_removal(e.data["id"])
             elif e.type in ("PauseRequested", "CancelRequested"):  # a dead worker cannot honour either
-                self._safely(self.declare_lost, e.stream_id[4:])
+                state = self._state(e.stream_id[4:])
+                if state.remote is not None and not state.terminal:  # pass the cancel on to the provider now
+                    self._safely(self.ensure_polled, state.id, True)
+                else:
+                    self._safely(self.declare_lost, e.stream_id[4:])
             elif (e.type == "JobAttemptLost" and e.data.get("requeued")) or e.type == "JobResumed":
                 state = self._state(e.stream_id[4:])
                 if state.status == "queued":
@@ -144,17 +150,27 @@ class Dispatcher:
         """The slow path: nothing the log says must run is left without an RQ job or a live lease.
         Each item is handled on its own: one failure (a Redis hiccup, a bad row) never stops the rest."""
         with self.svc.pool.connection() as c:
-            queued = c.execute("SELECT id, attempt, queue FROM jobs WHERE status = 'queued'").fetchall()
+            # a delegated job whose remote job exists is followed by polls (no RQ training job, no lease)
+            queued = c.execute("SELECT id, attempt, queue FROM jobs WHERE status = 'queued' AND remote IS NULL"
+                               ).fetchall()
             expired = c.execute(
                 "SELECT j.id FROM jobs j LEFT JOIN leases l ON l.job_id = j.id "
-                "WHERE j.status IN ('running', 'pausing') AND (l.job_id IS NULL OR l.expires_at < now() "
+                "WHERE j.status IN ('running', 'pausing') AND j.remote IS NULL "
+                "  AND (l.job_id IS NULL OR l.expires_at < now() "
                 "  OR ((j.cancel_requested OR j.pause_requested) AND l.worker LIKE %s))",
                 (socket.gethostname() + ":%",)).fetchall()
             documents = c.execute("SELECT id FROM documents WHERE status = 'processing'").fetchall()
             exports = c.execute("SELECT m.id AS model, x->>'id' AS export FROM models m, "
                                 "jsonb_array_elements(m.exports) x WHERE x->>'status' = 'queued'").fetchall()
             deleted = c.execute("SELECT id FROM models WHERE deleted_at IS NOT NULL").fetchall()
+            followed = c.execute("SELECT id FROM jobs WHERE remote IS NOT NULL AND status NOT IN "
+                                 "('succeeded', 'failed', 'cancelled')").fetchall() \
+                if time.monotonic() - self._last_follow_check >= self.follow_check_seconds else None
         failures = 0
+        if followed is not None:
+            self._last_follow_check = time.monotonic()
+            for row in followed:
+                failures += not self._safely(self.ensure_polled, row["id"])
         for row in queued:
             failures += not self._safely(self.enqueue, row["id"], row["attempt"], row["queue"])
         for row in documents:
@@ -241,6 +257,18 @@ class Dispatcher:
             return
         self.enqueue_removal(model_id)
 
+    def ensure_polled(self, job_id: str, now: bool = False) -> None:
+        """A followed delegated job has a poll waiting or running (Redis may have lost its chain: a flush, a
+        restart, a worker killed while it ran one); else a new chain starts. `now`: poll at once (a cancel)."""
+        from eventlog.polls import poll_key, schedule_poll
+
+        if not now:
+            held = self.redis.get(poll_key(job_id))
+            if held is not None and self._rq_alive(held.decode()):
+                return
+        schedule_poll(self.svc, job_id, 0.0, replace=True)
+        log.info("poll chain of %s (re)started", job_id)
+
     def _rq_alive(self, rid: str) -> bool:
         try:
             status = Job.fetch(rid, connection=self.redis).get_status(refresh=True)
@@ -250,7 +278,7 @@ class Dispatcher:
 
     def declare_lost(self, job_id: str) -> None:
         state = self._state(job_id)
-        if state.status not in ("running", "pausing"):
+        if state.status not in ("running", "pausing") or state.remote is not None:
             return
         with self.svc.pool.connection() as c:
             lease = c.execute("SELECT attempt, worker, expires_at > now() AS alive FROM leases WHERE job_id = %s",

@@ -44,7 +44,8 @@ def main(argv: list[str]) -> None:
         import workers.embed  # noqa: F401
     conn = redis.Redis.from_url(s.redis_url, health_check_interval=15, socket_connect_timeout=5)
     queues = [Queue(n, connection=conn) for n in names]
-    TunelogWorker(queues, connection=conn).work(with_scheduler=False, logging_level="INFO")
+    # with RQ's scheduler: delegated jobs are followed by polls scheduled with enqueue_in (workers/delegate.py)
+    TunelogWorker(queues, connection=conn).work(with_scheduler=True, logging_level="INFO")
 
 
 def _start_heartbeat(s, kind: str) -> None:

@@ -163,8 +163,9 @@ def claim(svc: Services, job_id: str, attempt: int) -> Claim | str:
     stream = job_stream(job_id)
     events = store.read_stream(stream)
     state = fold([(e.type, e.data, e.stream_version) for e in events])
-    if state.status != "queued" or state.attempt != attempt:
-        return f"skipped: job is {state.status}, attempt {state.attempt}"
+    if state.status != "queued" or state.attempt != attempt or state.remote is not None:
+        return f"skipped: job is {state.status}, attempt {state.attempt}" + (
+            " (followed at its provider)" if state.remote is not None else "")
     worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     meta = {"actor": f"worker:{worker}", "correlation_id": job_id,
             "causation_id": str(events[-1].global_position)}
@@ -201,6 +202,10 @@ def run_training(job_id: str, attempt: int) -> str:
     lease.start_heartbeat()
     progress = ProgressLog(svc.store, job_id, won.version, attempt, won.metadata)
     try:
+        if won.state.delegated:  # a provider trains it: create (or find) the remote job; polls follow it
+            from workers import delegate
+
+            return delegate.submit(svc, won, progress, lease)
         return _train(svc, won, progress, lease)
     except Fenced as e:
         log.warning("job %s: fenced off (%s)", job_id, e)

@@ -10,7 +10,7 @@ from domain.jobs import VERSION_ONLY, JobState, evolve
 from eventlog.store import RecordedEvent
 
 _STATE_FIELDS = [f.name for f in fields(JobState)]
-_JSON = {"hyperparameters", "method", "metadata", "error"}
+_JSON = {"hyperparameters", "method", "metadata", "error", "remote"}
 _COLUMNS = _STATE_FIELDS + ["seq"]
 
 

@@ -1,0 +1,204 @@
+"""Delegated fine-tuning providers: anything that speaks OpenAI's fine-tuning API (docs/delegation.md).
+
+`openai/<model>` is the provider of the standard `OPENAI_BASE_URL` and `OPENAI_API_KEY` (set or not);
+more are named in a TOML file (`TUNELOG_PROVIDERS_FILE`, default `<data dir>/providers.toml`):
+
+    [providers.district]                    # models "district/<remote model>"
+    base_url = "http://gpu.district.example/v1"
+    api_key_env = "DISTRICT_API_KEY"        # the *name* of the variable holding the key, or:
+    # api_key_file = "/run/secrets/district_key"
+    chat_extra_body = { retrieval = false } # sent with every chat request (a tunelog provider's option)
+
+    [prices]                                # USD per million training tokens (overrides the defaults)
+    "district/smollm2-135m-instruct" = 0.0
+
+Keys are read from the environment or the file when a client is made: they never enter the log, a
+table, an API response, an error message or a log line (`scrub` takes them out of provider messages).
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+# Published list prices (USD per 1M training tokens) of OpenAI's fine-tunable models, 2025; an operator's
+# `[prices]` table overrides or extends them. A model without a price gets no estimate.
+DEFAULT_PRICES: dict[str, float] = {
+    "openai/gpt-4.1-2025-04-14": 25.0,
+    "openai/gpt-4.1-mini-2025-04-14": 5.0,
+    "openai/gpt-4.1-nano-2025-04-14": 1.5,
+    "openai/gpt-4o-2024-08-06": 25.0,
+    "openai/gpt-4o-mini-2024-07-18": 3.0,
+    "openai/gpt-3.5-turbo-0125": 8.0,
+}
+_SECRET_LIKE = re.compile(r"\b(?:sk|tl|rk|pk)-[A-Za-z0-9_*.\-]{6,}")
+
+
+class ProviderConfigError(ValueError):
+    """The operator's provider configuration is unreadable or invalid (named in the message)."""
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    base_url: str
+    api_key_env: str | None = None
+    api_key_file: str | None = None
+    chat_extra_body: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key_source(self) -> str:
+        """Where the key comes from, by name (safe to show: never the key)."""
+        if self.api_key_file:
+            return f"the file {self.api_key_file}"
+        return f"the environment variable {self.api_key_env}"
+
+    def api_key(self) -> str | None:
+        if self.api_key_file:
+            try:
+                return Path(self.api_key_file).read_text(encoding="utf-8").strip() or None
+            except OSError:
+                return None
+        return (os.environ.get(self.api_key_env or "") or "").strip() or None
+
+    def client(self, timeout: float = 30.0, max_retries: int = 0):
+        """An `openai.OpenAI` client for this provider. Retries are ours (the caller's backoff), not the SDK's,
+        so that each transient error can be recorded."""
+        from openai import OpenAI
+
+        key = self.api_key()
+        if key is None:
+            raise ProviderConfigError(f"provider {self.name!r} has no API key: set {self.key_source}")
+        return OpenAI(base_url=self.base_url, api_key=key, timeout=timeout, max_retries=max_retries)
+
+    def scrub(self, text: str) -> str:
+        """A provider's message without this provider's key (nor anything shaped like an API key)."""
+        key = self.api_key()
+        if key:
+            text = text.replace(key, "<redacted>")
+        return _SECRET_LIKE.sub("<redacted>", text)[:1000]
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    providers: dict[str, Provider]
+    prices: dict[str, float]
+
+    def split(self, model: str) -> tuple[Provider, str] | None:
+        """`<provider>/<remote model>` -> (provider, remote model), or None if `model` names no provider."""
+        name, sep, remote = model.partition("/")
+        if not sep or not remote or name not in self.providers:
+            return None
+        return self.providers[name], remote
+
+    def price(self, model: str) -> float | None:
+        return self.prices.get(model)
+
+
+_cache: dict[tuple, ProviderConfig] = {}
+_cache_lock = threading.Lock()
+
+
+def load(data_dir: Path | None = None) -> ProviderConfig:
+    """The providers: `openai` from the standard variables, then the TOML file's. Re-read when the file or the
+    variables change (an operator adds a provider without a restart)."""
+    path = Path(os.environ.get("TUNELOG_PROVIDERS_FILE") or (data_dir or Path(".data")) / "providers.toml")
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        stamp = None
+    key = (str(path), stamp, os.environ.get("OPENAI_BASE_URL"))
+    with _cache_lock:
+        if key in _cache:
+            return _cache[key]
+    providers = {"openai": Provider("openai", (os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"),
+                                    api_key_env="OPENAI_API_KEY")}
+    prices = dict(DEFAULT_PRICES)
+    if stamp is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise ProviderConfigError(f"the providers file {path} is not readable TOML: {e}") from None
+        for name, spec in (raw.get("providers") or {}).items():
+            providers[name] = _provider(name, spec, path)
+        for model, price in (raw.get("prices") or {}).items():
+            if isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0:
+                raise ProviderConfigError(f"{path}: prices.{model!r} must be a number of USD per million "
+                                          "training tokens, at least 0")
+            prices[model] = float(price)
+    config = ProviderConfig(providers, prices)
+    with _cache_lock:
+        _cache.clear()
+        _cache[key] = config
+    return config
+
+
+def _provider(name: str, spec: Any, path: Path) -> Provider:
+    where = f"{path}: providers.{name}"
+    if not NAME_RE.match(name) or name in ("hf", "ft", "dspy"):
+        raise ProviderConfigError(f"{where}: a provider name is 1-32 lowercase letters, digits, '-' or '_', "
+                                  "starting with a letter, and not hf, ft or dspy")
+    if not isinstance(spec, dict):
+        raise ProviderConfigError(f"{where} must be a table")
+    unknown = set(spec) - {"base_url", "api_key_env", "api_key_file", "chat_extra_body"}
+    if unknown:
+        raise ProviderConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    if "api_key" in spec:
+        raise ProviderConfigError(f"{where}: give the key's source (api_key_env or api_key_file), not the key")
+    base_url = spec.get("base_url")
+    if not isinstance(base_url, str) or not re.match(r"^https?://", base_url):
+        raise ProviderConfigError(f"{where}: base_url must be an http(s) URL")
+    env, file = spec.get("api_key_env"), spec.get("api_key_file")
+    if (env is None) == (file is None):
+        raise ProviderConfigError(f"{where}: give exactly one of api_key_env (a variable's name) or api_key_file")
+    extra = spec.get("chat_extra_body") or {}
+    if not isinstance(extra, dict):
+        raise ProviderConfigError(f"{where}: chat_extra_body must be a table")
+    return Provider(name, base_url.rstrip("/"), api_key_env=env, api_key_file=file, chat_extra_body=extra)
+
+
+# ---- the remote models a provider offers (GET /v1/models), cached ------------------------------------------
+MODELS_TTL = 600.0
+_models: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+
+
+def remote_models(provider: Provider, refresh: bool = False) -> list[dict[str, Any]]:
+    """The provider's `/models` list, cached for MODELS_TTL seconds (or refreshed on demand). A provider
+    that cannot be asked gives what was cached, or nothing: a list of models never fails for it."""
+    now = time.monotonic()
+    cached = _models.get(provider.name)
+    if cached and not refresh and now - cached[0] < MODELS_TTL:
+        return cached[1]
+    try:
+        listed = [{"id": m.id, "created": getattr(m, "created", 0) or 0, "owned_by": getattr(m, "owned_by", None)}
+                  for m in provider.client(timeout=10.0).models.list()]
+    except Exception:  # noqa: BLE001 - unreachable, no key, refused: the list is what we had
+        kept = cached[1] if cached else []
+        _models[provider.name] = (now - MODELS_TTL + 60.0, kept)  # asked again in a minute, not on every list
+        return kept
+    _models[provider.name] = (now, listed)
+    return listed
+
+
+def classify(exc: BaseException) -> tuple[bool, str, str]:
+    """An SDK error -> (transient, code, message). Transient: 429, 5xx, timeouts and connection errors
+    (retried with backoff); anything else is the provider's final answer (the job fails with it)."""
+    import openai
+
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
+        return True, "provider_unreachable", f"the provider could not be reached ({type(exc).__name__})"
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        body = exc.body if isinstance(exc.body, dict) else {}
+        err = body.get("error") if isinstance(body.get("error"), dict) else body
+        code = (err or {}).get("code") or {400: "invalid_request", 401: "invalid_api_key", 403: "permission_denied",
+                                           404: "not_found", 429: "rate_limit_exceeded"}.get(status, f"http_{status}")
+        message = (err or {}).get("message") or str(exc)
+        return status == 429 or status >= 500 or status == 408, str(code), f"{status}: {message}"
+    return False, "provider_error", f"{type(exc).__name__}"
