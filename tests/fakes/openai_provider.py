@@ -34,7 +34,10 @@ Choices where the reference is silent (each as observed from OpenAI where known)
   ``training_file`` (or ``validation_file``), code null, as OpenAI answers;
 - unknown job: 404 code ``fine_tune_not_found``, param ``fine_tune_id``; unknown file: 404
   "No such File object: X", param ``id``; unknown model: 404 code ``model_not_found``;
-- cancelling a finished job: 400 code ``job_not_cancellable`` (message names the status);
+- cancelling a finished job: 400 code ``job_not_cancellable`` (message names the status); pausing a job
+  that is not running or resuming one that is not paused: 400 ``job_not_pausable``/``job_not_resumable``;
+- ids follow the reference's examples: ``file-``, ``ftjob-``, ``ft-event-``, ``ftckpt_``, ``chatcmpl-``;
+- ``requests`` records every request, before authentication; ``created_jobs`` only the accepted creates;
 - a training file with a line that is not a JSON object of the method's shape fails the job in
   validation with code ``invalid_training_file``; fewer than ``min_examples`` (OpenAI's minimum, 10)
   lines fail it with code ``invalid_n_examples``;
@@ -220,7 +223,8 @@ class EmulatedProvider:
         self._server = make_server("127.0.0.1", 0, self._make_app(), threaded=True,
                                    request_handler=_QuietHandler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="openai-emulator", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="openai-emulator", daemon=True)
         self._thread.start()
         self.base_url = f"http://127.0.0.1:{self._server.server_port}/v1"
         return self.base_url

@@ -266,7 +266,8 @@ def test_scripted_job_failure_fails_in_validation(client, provider, clock):
 
 
 def test_training_files_are_validated_as_openai_does(client, clock):
-    short = client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=upload(client, b"".join(TRAINING.splitlines(True)[:3])))
+    three_lines = b"".join(TRAINING.splitlines(keepends=True)[:3])
+    short = client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=upload(client, three_lines))
     garbage = client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=upload(client, b"not json\n" * 12))
     dpo_shape = client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=upload(client),
                                                method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}})
