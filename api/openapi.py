@@ -67,6 +67,10 @@ def _p(name: str, schema: dict | None = None) -> dict[str, Any]:
 
 
 ALIAS_NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"}
+BUDGET = {"type": ["number", "null"], "minimum": 0, "maximum": 1e9,
+          "description": "USD per calendar month (UTC) for delegated jobs' estimated cost; null: no budget"}
+ROSTER = {"type": "array", "maxItems": 10000, "items": {"type": "string", "minLength": 1, "maxLength": 100},
+          "description": "names redacted (with emails and phone numbers) from what leaves for a provider"}
 JOB_STATUSES = ["validating_files", "queued", "running", "pausing", "paused", "succeeded", "failed", "cancelled"]
 # A server-sent event, as OpenAPI 3.1 tools read an event stream's schema (one event; 3.2's itemSchema)
 SSE_EVENT = {"type": "object", "required": ["data"], "properties": {
@@ -301,11 +305,18 @@ def schemas() -> dict[str, Any]:
                             actor=NULLABLE_STR, at=NULLABLE_INT, position=NULLABLE_INT),
         "AliasHistory": _list("AliasChange", alias={"type": "string"}),
         "SettingsPatch": {"type": "object", "additionalProperties": False, "properties": {
-            "store_chat_text": {"type": "boolean"}, "promotion_requires_better_eval": {"type": "boolean"}}},
-        "Settings": _obj(["object", "project", "store_chat_text", "promotion_requires_better_eval", "version"],
+            "store_chat_text": {"type": "boolean"}, "promotion_requires_better_eval": {"type": "boolean"},
+            "local_only": {"type": "boolean"}, "monthly_budget_usd": BUDGET, "pii_roster": ROSTER}},
+        "Settings": _obj(["object", "project", "store_chat_text", "promotion_requires_better_eval", "local_only",
+                          "monthly_budget_usd", "pii_roster", "version"],
                          object={"const": "settings"}, project={"type": "string"},
                          store_chat_text={"type": "boolean"}, promotion_requires_better_eval={"type": "boolean"},
+                         local_only={"type": "boolean"}, monthly_budget_usd=BUDGET, pii_roster=ROSTER,
                          version={"type": "integer"}),
+        "RerunRequest": {"type": "object", "additionalProperties": False, "required": ["model"], "properties": {
+            "model": {"type": "string", "description": "the model (or provider/model) the spec is re-run on"},
+            "suffix": NULLABLE_STR, "seed": NULLABLE_INT, "metadata": {"type": ["object", "null"]},
+            "method": {"type": "object"}, "hyperparameters": {"type": "object"}}},
         # ---- chat
         "ChatMessage": _obj(["role"], role={"enum": ["system", "developer", "user", "assistant", "tool"]},
                             content={"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}},
@@ -405,6 +416,10 @@ def document() -> dict[str, Any]:
                                                          params=[job_id])},
             "/v1/fine_tuning/jobs/{job_id}/cancel": {"post": _op("Cancel a job", "fine-tuning", returns="Job",
                                                                  params=[job_id])},
+            "/v1/fine_tuning/jobs/{job_id}/rerun": {"post": _op(
+                "Re-run a job's spec (files, method, portable hyperparameters, seed, suffix, metadata) on another "
+                "model or backend, e.g. a delegated job on a local model; lineage links the two (tunelog)",
+                "fine-tuning", returns="Job", params=[job_id], body=JSON("RerunRequest"))},
             "/v1/fine_tuning/jobs/{job_id}/pause": {"post": _op(
                 "Pause a job: a running job saves a checkpoint and stops (pausing, then paused); a queued one is "
                 "paused at once", "fine-tuning", returns="Job", params=[job_id])},

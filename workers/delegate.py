@@ -41,12 +41,14 @@ def _now() -> int:
     return int(time.time())
 
 
-def failpoint(name: str, attempt: int) -> None:
-    """Crash tests: TUNELOG_FAILPOINTS="delegate.after_create@1" kills this process (SIGKILL, as an OOM
-    kill or a lost machine would) at that point of that attempt."""
+def failpoint(name: str, attempt: int, suffix: str | None) -> None:
+    """Crash tests (set by the operator's environment only): TUNELOG_FAILPOINTS="delegate.after_create@1:crash"
+    kills this process (SIGKILL, as an OOM kill or a lost machine would) at that point of attempt 1 of jobs
+    with suffix "crash" (attempt and suffix optional)."""
     for item in (os.environ.get("TUNELOG_FAILPOINTS") or "").split(","):
-        point, _, when = item.strip().partition("@")
-        if point == name and (not when or when == str(attempt)):
+        point, _, rest = item.strip().partition("@")
+        when, _, only = rest.partition(":")
+        if point == name and (not when or when == str(attempt)) and (not only or only == suffix):
             log.error("failpoint %s (attempt %s): killing this process", name, attempt)
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -165,11 +167,11 @@ def submit(svc: Services, won, progress, lease) -> str:
                 progress.finish(extra=[NewEvent("JobCancelled", {"reason": "cancelled before the remote job was "
                                                                  "created", "at": _now()}, progress.metadata)])
                 return "cancelled"
-            failpoint("delegate.before_create", won.attempt)
+            failpoint("delegate.before_create", won.attempt, state.suffix)
             remote = _with_retries(progress, f"Provider {provider.name}: creating the fine-tuning job",
                                    lambda: client.fine_tuning.jobs.create(**_remote_params(state, files,
                                                                                             remote_model)))
-            failpoint("delegate.after_create", won.attempt)
+            failpoint("delegate.after_create", won.attempt, state.suffix)
         else:
             remote, files = existing, {"training": existing.training_file,
                                        "validation": existing.validation_file}

@@ -450,7 +450,7 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
         "base_model": state.model, "job_id": job_id, "training_file": state.training_file,
         "training_file_sha256": won.training_file_sha256, "validation_file": state.validation_file,
         "hyperparameters": state.hyperparameters, "method": state.method, "seed": state.seed,
-        "attempt": attempt, "final_metrics": final_metrics,
+        "attempt": attempt, "final_metrics": final_metrics, "rerun_of": state.rerun_of,
     }
     now = _now()
     backend = "hf-lora" if config["lora"] else "hf-full"
