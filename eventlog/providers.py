@@ -37,7 +37,8 @@ DEFAULT_PRICES: dict[str, float] = {
     "openai/gpt-4o-mini-2024-07-18": 3.0,
     "openai/gpt-3.5-turbo-0125": 8.0,
 }
-_SECRET_LIKE = re.compile(r"\b(?:sk|tl|rk|pk)-[A-Za-z0-9_*.\-]{6,}")
+# anything shaped like an API key, and a provider's masked echo of one ("sk-abc*****wxyz", "*****wxyz")
+_SECRET_LIKE = re.compile(r"\b(?:sk|tl|rk|pk)-[A-Za-z0-9_*.\-]{6,}|\*{3,}[A-Za-z0-9_\-]{0,8}")
 
 
 class ProviderConfigError(ValueError):

@@ -142,8 +142,9 @@ def _with_retries(progress, what: str, fn):
             if not transient or attempt == SUBMIT_TRIES:
                 raise JobError(code, f"{what}: {message}" + (f" (gave up after {attempt} tries)" if transient
                                                               else "")) from None
-            progress.add("JobMessage", {"level": "warn", "message": f"{what}: {message}; retrying in {delay:.0f} s "
-                                        f"(try {attempt} of {SUBMIT_TRIES})", "at": _now()}, urgent=True)
+            progress.add("JobMessage", {"level": "warn", "message": _scrubbed(
+                f"{what}: {message}; retrying in {delay:.0f} s (try {attempt} of {SUBMIT_TRIES})", bootstrap()),
+                "at": _now()}, urgent=True)
             time.sleep(delay)
             delay *= 2
     raise AssertionError("unreachable")
@@ -192,8 +193,15 @@ def submit(svc: Services, won, progress, lease) -> str:
 
 
 def _scrubbed(message: str, svc: Services) -> str:
+    """A message for the log (read by every key of the project): no provider's key, nor anything shaped like
+    one, nor the server's paths."""
     from workers.jobs import _scrub
 
+    try:
+        for provider in providers.load(svc.settings.data_dir).providers.values():
+            message = provider.scrub(message)
+    except providers.ProviderConfigError:
+        message = providers.Provider("none", "").scrub(message)
     return _scrub(message, svc.settings)
 
 
