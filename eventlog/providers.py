@@ -76,7 +76,16 @@ class Provider:
         key = self.api_key()
         if key is None:
             raise ProviderConfigError(f"provider {self.name!r} has no API key: set {self.key_source}")
-        return OpenAI(base_url=self.base_url, api_key=key, timeout=timeout, max_retries=max_retries)
+        # one client per process, provider, key and timeout: its connection pool is reused across polls
+        cache_key = (os.getpid(), self.name, self.base_url, hash(key), timeout, max_retries)
+        with _cache_lock:
+            found = _clients.get(cache_key)
+            if found is None:
+                if len(_clients) > 64:
+                    _clients.clear()
+                found = _clients[cache_key] = OpenAI(base_url=self.base_url, api_key=key, timeout=timeout,
+                                                     max_retries=max_retries)
+        return found
 
     def scrub(self, text: str) -> str:
         """A provider's message without this provider's key (nor anything shaped like an API key)."""
@@ -103,6 +112,7 @@ class ProviderConfig:
 
 
 _cache: dict[tuple, ProviderConfig] = {}
+_clients: dict[tuple, Any] = {}
 _cache_lock = threading.Lock()
 
 

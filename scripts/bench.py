@@ -793,15 +793,111 @@ def bench_train(server: str, redis_url: str, tmp: Path, examples: int) -> None:
               f"vs {progress0['t'] - ready0['t']:.1f} s", flush=True)
 
 
+# ---- delegated jobs: poll overhead -------------------------------------------------------------------------
+def _load(stack, r) -> tuple[float, int]:
+    """(CPU seconds of the cpu workers and every work horse they reaped, Redis commands processed so far)."""
+    import psutil
+
+    cpu = 0.0
+    for key, p in stack.procs.items():
+        if key.startswith("worker-cpu") or key == "dispatcher":
+            t = psutil.Process(p.pid).cpu_times()
+            cpu += t.user + t.system + t.children_user + t.children_system
+    return cpu, int(r.info("stats")["total_commands_processed"])
+
+
+def _window(stack, r, seconds: float) -> tuple[float, float]:
+    c0, n0 = _load(stack, r)
+    time.sleep(seconds)
+    c1, n1 = _load(stack, r)
+    return (c1 - c0) / seconds, (n1 - n0) / seconds
+
+
+def bench_delegate(server: str, redis_url: str, tmp: Path, jobs: int) -> None:
+    """Followed delegated jobs cost scheduled polls, not workers: CPU and Redis load with `jobs` jobs running at
+    the emulated provider, in two windows after the polls have backed off (flat: the second is not above the
+    first), beside the same service idle; then how long a remote status change takes to show in our job."""
+    import redis
+
+    from tests.fakes.openai_provider import EmulatedProvider
+
+    key = "sk-bench-" + uuid.uuid4().hex
+    provider = EmulatedProvider(key, validation_seconds=0.5, queue_seconds=0.5, steps=3, step_seconds=0.5)
+    provider.hold = True
+    base_url = provider.start()
+    os.environ.update(OPENAI_BASE_URL=base_url, OPENAI_API_KEY=key)
+    data = tmp / "delegate"
+    stack, _url = start_stack(server, redis_url + "?db=7", data, "bench_delegate")
+    stack.start("worker-cpu", "worker-cpu.2")
+    r = redis.Redis.from_url(redis_url + "?db=7")
+    lo, hi = 2.0, 60.0
+    try:
+        stack.wait_healthy()
+        k = stack.admin_key
+        time.sleep(30)  # the workers' start-up imports are not idle load
+        idle_cpu, idle_ops = _window(stack, r, 30)
+        train = (ROOT / "tests" / "data" / "tiny_train.jsonl").read_bytes()
+        fid = stack.http("POST", "/v1/files", k, files={"file": ("t.jsonl", train)},
+                         data={"purpose": "fine-tune"}).json()["id"]
+        t0 = time.time()
+        ids = []
+        for _ in range(jobs):
+            resp = stack.http("POST", "/v1/fine_tuning/jobs", k, json={
+                "model": "openai/gpt-4o-mini-2024-07-18", "training_file": fid})
+            assert resp.status_code == 200, resp.text
+            ids.append(resp.json()["id"])
+        while True:
+            n = stack.sql("SELECT count(*) AS n FROM jobs WHERE remote->>'remote_status' = 'running'")[0]["n"]
+            if n == jobs:
+                break
+            if time.time() - t0 > 900:
+                raise RuntimeError(f"only {n} of {jobs} delegated jobs reached running at the provider")
+            time.sleep(1)
+        submitted = time.time() - t0
+        print(f"  {jobs} delegated jobs submitted and running at the provider after {submitted:.0f} s", flush=True)
+        time.sleep(hi + 10)  # every chain has backed off to the longest interval
+        a_cpu, a_ops = _window(stack, r, 60)
+        b_cpu, b_ops = _window(stack, r, 60)
+        polls = sum(1 for m, path in provider.requests if m == "GET" and path.endswith("/events"))
+        released = time.time()
+        provider.hold = False
+        seen: dict[str, float] = {}
+        while len(seen) < jobs and time.time() - released < hi + 60:
+            for row in stack.sql("SELECT id FROM jobs WHERE status = 'succeeded'"):
+                seen.setdefault(row["id"], time.time() - released)
+            time.sleep(0.5)
+    except Exception:
+        for name in ("worker-cpu", "dispatcher"):
+            print(f"--- {name}.log (tail)\n" + (data / f"{name}.log").read_text()[-3000:])
+        raise
+    finally:
+        stack.stop_all()
+        provider.stop()
+    lat = sorted(seen.values())
+    print(f"  load with {jobs} followed jobs: window A {a_cpu:.3f} CPU-s/s, {a_ops:.0f} Redis cmd/s; window B "
+          f"{b_cpu:.3f} CPU-s/s, {b_ops:.0f} Redis cmd/s; idle {idle_cpu:.3f} CPU-s/s, {idle_ops:.0f} cmd/s; "
+          f"{polls} event-list polls in all", flush=True)
+    report(f"worker+dispatcher CPU, {jobs} followed jobs (B)", b_cpu, idle_cpu, "CPU-s/s", "same service idle",
+           "flat: B <= A x 1.1", higher_is_better=False)
+    report(f"Redis commands/s, {jobs} followed jobs (B)", b_ops, idle_ops, "cmd/s", "same service idle",
+           "flat: B <= A x 1.1", higher_is_better=False)
+    report("flatness: CPU of window B vs window A", b_cpu, a_cpu, "CPU-s/s", "window A (60 s earlier)",
+           "<= 1.1x", higher_is_better=False)
+    report("remote change -> our status, max", lat[-1] if lat else float("nan"), hi, "s",
+           f"longest poll interval ({hi:.0f} s)", f"<= {hi:.0f} s + a poll", higher_is_better=False)
+    print(f"  status change seen for {len(lat)}/{jobs} jobs: p50 {statistics.median(lat):.1f} s, max {lat[-1]:.1f} s "
+          f"(poll interval {lo:.0f} s doubling to {hi:.0f} s)" if lat else "  no job finished", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     ap.add_argument("--only", nargs="*", default=None,
-                    help="appends batched replay latency retrieval ingest chat api train")
+                    help="appends batched replay latency retrieval ingest chat api train delegate")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
     only = set(args.only or ["appends", "batched", "replay", "latency", "retrieval", "ingest", "chat", "api",
-                                    "train"])
+                                    "train", "delegate"])
     tmp = Path(tempfile.mkdtemp(prefix="tunelog-bench-"))
     pg = EmbeddedPostgres(tmp / "pg", dbname="postgres")
     rs = EmbeddedRedis(tmp / "redis")
@@ -827,6 +923,8 @@ def main() -> None:
             bench_api(server, redis_url, tmp, 5 if args.quick else 15)
         if "train" in only:
             bench_train(server, redis_url, tmp, 24 if args.quick else 48)
+        if "delegate" in only:
+            bench_delegate(server, redis_url, tmp, 20 if args.quick else 200)
     finally:
         rs.stop()
         pg.stop()

@@ -9,6 +9,7 @@ import redis
 from rq import Queue, Worker
 
 import workers.jobs  # noqa: F401 - imported before forking, so each work horse starts fast
+from eventlog.polls import POLL_FUNC
 
 log = logging.getLogger("tunelog.worker")
 
@@ -18,6 +19,17 @@ class TunelogWorker(Worker):
     in this long-lived process, on its warm connection, before the work horse is forked."""
 
     def execute_job(self, job, queue):
+        if job.func_name == POLL_FUNC:
+            # A delegated job's poll (a few HTTP calls, then it schedules the next) runs in this process, on its
+            # warm Postgres pool and HTTP clients, as RQ's SimpleWorker runs jobs: forking a work horse, opening
+            # connections and importing the SDK would cost more CPU than the poll itself, for every poll of
+            # every followed job. Its timeout is still enforced (RQ's death penalty, SIGALRM, in this thread).
+            from rq.worker import WorkerStatus
+
+            self.prepare_execution(job)
+            self.perform_job(job, queue)
+            self.set_state(WorkerStatus.IDLE)
+            return None
         if job.func_name == "workers.jobs.run_training":
             try:
                 workers.jobs.preclaim(*job.args)
@@ -39,8 +51,10 @@ def main(argv: list[str]) -> None:
     if "cpu" in names:
         # imported (not run) before the work horses fork, so each indexing job skips seconds of imports;
         # nothing runs torch here, so no thread pool exists yet to be inherited by a fork
+        import openai  # noqa: F401
         import sentence_transformers  # noqa: F401
 
+        import workers.delegate  # noqa: F401
         import workers.embed  # noqa: F401
     conn = redis.Redis.from_url(s.redis_url, health_check_interval=15, socket_connect_timeout=5)
     queues = [Queue(n, connection=conn) for n in names]

@@ -240,6 +240,31 @@ def test_a_worker_killed_between_creating_the_remote_job_and_recording_it_create
     assert len(uploads) == 1  # the retry reused the upload too
 
 
+def test_a_followed_job_survives_redis_losing_its_poll_chain_and_mirrors_each_remote_event_once(ours, emulator):
+    import redis
+
+    c = client(ours, project_key(ours))
+    emulator.hold = True
+    try:
+        job = create(c, OPENAI_MODEL, upload(c))
+        wait_for(lambda: (c.fine_tuning.jobs.retrieve(job.id).model_extra.get("remote") or {}).get("remote_status")
+                 == "running", 60, what="the remote job to run")
+        redis.Redis.from_url(ours.env["REDIS_URL"]).flushdb()  # Redis keeps nothing: the log is the truth
+    finally:
+        emulator.hold = False
+    done = wait(c, job.id, {"succeeded", "failed", "cancelled"}, timeout=90)  # the dispatcher restarts the chain
+    assert done.status == "succeeded", done.error
+    twice = ours.sql("SELECT data->>'remote_id' AS id, count(*) AS n FROM events WHERE stream_id = %s "
+                     "AND data ? 'remote_id' GROUP BY 1 HAVING count(*) > 1", (f"job-{job.id}",))
+    assert twice == []
+    remote_id = done.model_extra["remote"]["remote_job_id"]
+    n_remote = len(emulator.get_job(remote_id) and list(openai.OpenAI(
+        base_url=emulator.base_url, api_key=EMULATOR_KEY).fine_tuning.jobs.list_events(remote_id, limit=100)))
+    n_mirrored = ours.sql("SELECT count(*) AS n FROM events WHERE stream_id = %s AND data ? 'remote_id' "
+                          "AND type <> 'CheckpointSaved'", (f"job-{job.id}",))[0]["n"]
+    assert n_mirrored == n_remote
+
+
 def test_pii_is_redacted_from_what_leaves_and_the_local_copy_is_unchanged(ours, emulator):
     admin = project_key(ours, "admin")
     r = ours.http("PUT", "/api/settings", admin, json={"pii_roster": ["Maya Okafor", "Tom"]})

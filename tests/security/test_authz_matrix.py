@@ -233,6 +233,9 @@ TABLE: list[Route] = [
     Route("GET", "/v1/fine_tuning/jobs/<job_id>", READ, lambda p: f"/v1/fine_tuning/jobs/{p.target.job}"),
     Route("POST", "/v1/fine_tuning/jobs/<job_id>/cancel", "401 | 403 403 | 200 404 | 200 404 | 200 404",
           lambda p: f"/v1/fine_tuning/jobs/{p.target.job}/cancel"),
+    Route("POST", "/v1/fine_tuning/jobs/<job_id>/rerun", "401 | 403 403 | 200 404 | 200 404 | 200 404",
+          lambda p: _body(f"/v1/fine_tuning/jobs/{p.target.job}/rerun", json={"model": "smollm2-135m-instruct"}),
+          cleanup=_cancel_created_job),
     # the fixture's job is cancelled: pausing or resuming it is a conflict, answered after the project check
     Route("POST", "/v1/fine_tuning/jobs/<job_id>/pause", "401 | 403 403 | 409 404 | 409 404 | 409 404",
           lambda p: f"/v1/fine_tuning/jobs/{p.target.job}/pause"),
