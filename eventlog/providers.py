@@ -157,11 +157,11 @@ def _provider(name: str, spec: Any, path: Path) -> Provider:
                                   "starting with a letter, and not hf, ft or dspy")
     if not isinstance(spec, dict):
         raise ProviderConfigError(f"{where} must be a table")
+    if "api_key" in spec:
+        raise ProviderConfigError(f"{where}: give the key's source (api_key_env or api_key_file), not the key")
     unknown = set(spec) - {"base_url", "api_key_env", "api_key_file", "chat_extra_body"}
     if unknown:
         raise ProviderConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-    if "api_key" in spec:
-        raise ProviderConfigError(f"{where}: give the key's source (api_key_env or api_key_file), not the key")
     base_url = spec.get("base_url")
     if not isinstance(base_url, str) or not re.match(r"^https?://", base_url):
         raise ProviderConfigError(f"{where}: base_url must be an http(s) URL")

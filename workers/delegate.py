@@ -253,11 +253,14 @@ def poll_remote(job_id: str, delay: float = 0.0, failures: int = 0) -> str:
                 "causation_id": str(events[-1].global_position)}
         try:
             new, others = observe(svc, state, events)
-        except JobError as e:
-            new, others = [("JobFailed", {"error": {"code": e.code, "message": _scrubbed(e.message, svc),
-                                                    "param": None}, "at": _now()})], []
         except Exception as e:  # noqa: BLE001 - sorted by classify()
-            transient, code, message = providers.classify(e)
+            if isinstance(e, JobError):
+                # a provider taken out of the configuration (or its key) while its jobs run is the operator's
+                # to put back: the job waits for it (the remote job goes on meanwhile), it does not fail
+                transient, message = e.code == "provider_not_configured", e.message
+                code = e.code
+            else:
+                transient, code, message = providers.classify(e)
             if not transient:
                 new, others = [("JobFailed", {"error": {"code": code, "message": _scrubbed(message, svc),
                                                         "param": None}, "at": _now()})], []
