@@ -101,6 +101,9 @@ def resume_job(job_id: str):
     _get_job(job_id)
 
     def decide(state: JobState):
+        if state.delegated:
+            raise Conflict(f"job {job_id} is trained by provider {state.model.split('/')[0]!r}; a delegated job "
+                           "cannot be paused or resumed here", param="fine_tuning_job_id", code="job_not_resumable")
         if state.status == "paused":
             return [("JobResumed", {"actor": g.principal.key_id, "at": now()})]
         if state.status in ("queued", "running") and not state.pause_requested:
