@@ -71,6 +71,8 @@ BUDGET = {"type": ["number", "null"], "minimum": 0, "maximum": 1e9,
           "description": "USD per calendar month (UTC) for delegated jobs' estimated cost; null: no budget"}
 ROSTER = {"type": "array", "maxItems": 10000, "items": {"type": "string", "minLength": 1, "maxLength": 100},
           "description": "names redacted (with emails and phone numbers) from what leaves for a provider"}
+ROSTER_SHOWN = {"type": ["array", "null"], "items": {"type": "string"},
+                "description": "the roster (null for keys that are not the project's admin: they see the count)"}
 JOB_STATUSES = ["validating_files", "queued", "running", "pausing", "paused", "succeeded", "failed", "cancelled"]
 # A server-sent event, as OpenAPI 3.1 tools read an event stream's schema (one event; 3.2's itemSchema)
 SSE_EVENT = {"type": "object", "required": ["data"], "properties": {
@@ -311,8 +313,8 @@ def schemas() -> dict[str, Any]:
                           "monthly_budget_usd", "pii_roster", "version"],
                          object={"const": "settings"}, project={"type": "string"},
                          store_chat_text={"type": "boolean"}, promotion_requires_better_eval={"type": "boolean"},
-                         local_only={"type": "boolean"}, monthly_budget_usd=BUDGET, pii_roster=ROSTER,
-                         version={"type": "integer"}),
+                         local_only={"type": "boolean"}, monthly_budget_usd=BUDGET, pii_roster=ROSTER_SHOWN,
+                         pii_roster_count={"type": "integer"}, version={"type": "integer"}),
         "RerunRequest": {"type": "object", "additionalProperties": False, "required": ["model"], "properties": {
             "model": {"type": "string", "description": "the model (or provider/model) the spec is re-run on"},
             "suffix": NULLABLE_STR, "seed": NULLABLE_INT, "metadata": {"type": ["object", "null"]},

@@ -188,7 +188,12 @@ def _settings_at(project: str) -> tuple[ProjectSettings, int]:
 
 
 def _settings_response(project: str, settings: ProjectSettings, version: int, status: int = 200):
-    resp = jsonify({"object": "settings", "project": project, **settings.to_dict(), "version": version})
+    shown = settings.to_dict()
+    p = g.principal
+    if p.role != "admin" and not p.operator:  # pupils' names: a viewer (a pupil's key) sees how many, not whom
+        shown["pii_roster"] = None
+    shown["pii_roster_count"] = len(settings.pii_roster)
+    resp = jsonify({"object": "settings", "project": project, **shown, "version": version})
     resp.status_code = status
     resp.headers["ETag"] = f'"{version}"'
     return resp

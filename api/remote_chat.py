@@ -13,7 +13,7 @@ from typing import Any
 
 from api.generation import Generation, Run
 from domain.errors import NotFound, UpstreamError, ValidationError
-from domain.redaction import Redaction, Redactor
+from domain.redaction import Redaction, redactor_for
 
 log = logging.getLogger("tunelog.api")
 
@@ -43,7 +43,7 @@ def open_stream(provider, remote_model: str, model: str, messages: list[dict[str
                 temperature: float, top_p: float, seed: int | None, result: Generation, roster: tuple[str, ...],
                 time_limit: float) -> tuple[Run, Redaction]:
     """Send the (redacted) prompt and return the answer's pieces as a Run, and what was redacted."""
-    redactor = Redactor(roster)
+    redactor = redactor_for(tuple(roster))
     total = Redaction()
     sent = []
     for m in messages:

@@ -208,9 +208,9 @@ def _scrubbed(message: str, svc: Services) -> str:
 def _upload(svc: Services, state: JobState, provider, client, progress) -> dict[str, str | None]:
     """The training and validation files, redacted, uploaded under names that carry our job id (a retry
     reuses an upload of an earlier attempt instead of uploading again)."""
-    from domain.redaction import Redactor
+    from domain.redaction import redactor_for
 
-    redactor = Redactor(project_settings(svc, state.project).pii_roster)
+    redactor = redactor_for(tuple(project_settings(svc, state.project).pii_roster))
     files: dict[str, str | None] = {"training": None, "validation": None}
     for kind, file_id in (("training", state.training_file), ("validation", state.validation_file)):
         if not file_id:

@@ -269,6 +269,9 @@ def test_pii_is_redacted_from_what_leaves_and_the_local_copy_is_unchanged(ours, 
     admin = project_key(ours, "admin")
     r = ours.http("PUT", "/api/settings", admin, json={"pii_roster": ["Maya Okafor", "Tom"]})
     assert r.status_code == 200, r.text
+    project = r.json()["project"]
+    shown = ours.http("GET", "/api/settings", project_key(ours, "viewer", project)).json()
+    assert shown["pii_roster"] is None and shown["pii_roster_count"] == 2  # a pupil's key does not see whom
     c = client(ours, admin)
     lines = []
     for i in range(10):
@@ -341,6 +344,23 @@ def test_remote_base_models_are_listed_and_answer_through_the_provider(ours, emu
     with pytest.raises(openai.NotFoundError):
         c.chat.completions.create(model="openai/no-such-model", max_tokens=4,
                                   messages=[{"role": "user", "content": "hi"}])
+
+
+def test_a_dpo_job_is_passed_on_with_its_method_and_only_the_hyperparameters_given(ours, emulator):
+    c = client(ours, project_key(ours))
+    rows = [{"input": {"messages": [{"role": "user", "content": f"What is {i} + {i}?"}]},
+             "preferred_output": [{"role": "assistant", "content": f"{2 * i}"}],
+             "non_preferred_output": [{"role": "assistant", "content": f"{2 * i + 1}"}]} for i in range(10)]
+    train = upload(c, ("\n".join(json.dumps(r) for r in rows) + "\n").encode())
+    job = create(c, OPENAI_MODEL, train, suffix="dpo-x",
+                 method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 2}}})
+    shown = job.method.dpo.hyperparameters
+    assert shown.beta == 0.2 and shown.n_epochs == 2 and shown.batch_size == "auto"  # as OpenAI shows them
+    done = wait(c, job.id, {"succeeded", "failed", "cancelled"})
+    assert done.status == "succeeded", done.error
+    sent = next(b for b in emulator.created_jobs if (b.get("metadata") or {}).get("tunelog_job") == job.id)
+    assert sent["method"] == {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 2}}}
+    assert sent["model"] == "gpt-4o-mini-2024-07-18" and sent["suffix"] == "dpo-x" and sent["seed"] == 7
 
 
 def test_options_a_provider_cannot_take_are_refused_with_the_reason(ours):
