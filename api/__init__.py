@@ -17,6 +17,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     if not logging.getLogger().handlers:  # under gunicorn nothing configures it: tracebacks would be lost
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for name in ("httpx", "httpx2"):  # the provider SDK's HTTP client logs each request's URL at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
     app = Flask(__name__, static_folder=None)  # the UI's files are served by api/web under /ui/
     s = (test_config or {}).get("settings") or settings_mod.load()
     # a connection for every request thread (they are held briefly, but a pool smaller than the thread

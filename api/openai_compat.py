@@ -5,6 +5,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import logging
 import random
 import re
 import unicodedata
@@ -35,6 +36,7 @@ from eventlog.catalog import BASE_MODELS, ModelPathError, hf_model_folder
 from eventlog.store import Append, NewEvent
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
+log = logging.getLogger("tunelog.api")
 
 SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_ID_LENGTH = 200  # ids are short; a longer one names nothing, and is not sent to Postgres
@@ -212,7 +214,41 @@ def provider_of(model: str):
     try:
         return providers.load(svc().settings.data_dir).split(model)
     except providers.ProviderConfigError as e:
-        raise ServiceUnavailable(f"the provider configuration is invalid; the operator must fix it ({e})") from None
+        log.error("the providers configuration is invalid: %s", e)  # the operator's to read, with its path
+        raise ServiceUnavailable("the provider configuration of this server is invalid; the operator must fix it "
+                                 "(the API's log says how)") from None
+
+
+def is_trained_id(remote_model: str) -> bool:
+    """A provider's fine-tuned model or checkpoint (OpenAI's and tunelog's `ft:` ids): someone's training data.
+    Only the project whose job trained it may use it (chat, further training); other projects never see it."""
+    return remote_model.startswith("ft:") or ":ckpt-step-" in remote_model
+
+
+def check_remote_model(model: str) -> None:
+    """A delegated job may start from the provider's own models, or from a model this project trained there
+    (and has not deleted); another project's fine-tuned model at a shared provider is not found (404-like)."""
+    _provider, remote = provider_of(model)
+    if not is_trained_id(remote):
+        return
+    with svc().pool.connection() as c:
+        mine = c.execute("SELECT 1 FROM models WHERE id = %s AND project = %s AND deleted_at IS NULL",
+                         (model, g.principal.project)).fetchone()
+    if mine is None:
+        raise ValidationError(f"model {model!r} does not exist or cannot be fine-tuned here: a provider's fine-tuned "
+                              "model can be trained further only by the project that trained it", param="model",
+                              code="model_not_available")
+
+
+def openai_auto_epochs(n_examples: int) -> int:
+    """OpenAI's documented choice for n_epochs "auto" (3, more for small sets up to 100 example passes and at
+    most 25, fewer for large ones down to 25,000 passes), used to estimate what the provider will train."""
+    n = max(n_examples, 1)
+    if n * 3 < 100:
+        return min(25, -(-100 // n))
+    if n * 3 > 25000:
+        return max(1, 25000 // n)
+    return 3
 
 
 def _resolve_model(model: Any) -> tuple[str, int | None]:
@@ -223,6 +259,7 @@ def _resolve_model(model: Any) -> tuple[str, int | None]:
     if len(model) > 256 or not storable(model):
         raise ValidationError("model must be a model name of at most 256 characters", param="model")
     if provider_of(model) is not None:
+        check_remote_model(model)
         return "provider", None
     if model in BASE_MODELS:
         return "hf-lora", BASE_MODELS[model].context_length
@@ -470,7 +507,7 @@ def _estimate_cost(project: str, job_id: str, model: str, train: dict[str, Any],
     from eventlog import providers
 
     tokens = int(train["stats"].get("total_tokens") or 0)
-    epochs = hp.resolve(train["stats"].get("n_examples") or 0)["n_epochs"]
+    epochs = hp.n_epochs if hp.n_epochs != "auto" else openai_auto_epochs(train["stats"].get("n_examples") or 0)
     price = providers.load(svc().settings.data_dir).price(model)
     cost = round(tokens * epochs * price / 1e6, 6) if price is not None else None
     estimate = CostEstimated(tokens=tokens, n_epochs=epochs, price_per_million_usd=price, estimated_cost_usd=cost,
@@ -490,7 +527,7 @@ def _estimate_cost(project: str, job_id: str, model: str, train: dict[str, Any],
         raise ValidationError(f"this job's estimated cost of ${cost:.2f} ({tokens} tokens x {epochs} epoch(s) at "
                               f"${price}/1M) would exceed this project's monthly budget of ${budget:.2f} "
                               f"(${spent:.2f} spent in {month})", param="model", code="budget_exceeded")
-    charge = BudgetCharged(job_id=job_id, amount_usd=cost, at=now())
+    charge = BudgetCharged(job_id=job_id, amount_usd=cost, at=now(), project=project)
     return estimate, [Append(stream, events[-1].stream_version if events else 0,
                              [NewEvent(charge.type, charge.to_data(), metadata(job_id))])]
 
@@ -670,7 +707,9 @@ def _remote_models() -> list[dict[str, Any]]:
         config = providers.load(svc().settings.data_dir)
     except providers.ProviderConfigError:
         return []
-    refresh = request.args.get("refresh") in ("1", "true")
+    # asking every provider again is for the project's admin, at most once a minute (a shared key's rate limit
+    # is every project's)
+    refresh = request.args.get("refresh") in ("1", "true") and (g.principal.role == "admin" or g.principal.operator)
     with svc().pool.connection() as c:
         trained = {r["id"] for r in c.execute("SELECT id FROM models WHERE backend = 'provider'").fetchall()}
     out = []
@@ -679,7 +718,7 @@ def _remote_models() -> list[dict[str, Any]]:
             continue
         for m in providers.remote_models(provider, refresh=refresh):
             model_id = f"{provider.name}/{m['id']}"
-            if model_id not in trained:
+            if model_id not in trained and not is_trained_id(m["id"]):
                 out.append({"id": model_id, "object": "model", "created": m["created"], "owned_by": provider.name,
                             "kind": "remote"})
     return out

@@ -63,9 +63,10 @@ def _checkpoint(c, project: str, name: str) -> dict[str, Any] | None:
 def _remote_base(c, name: str) -> bool:
     """`<provider>/<model>` that no tunelog job trained: a provider's own model, answered through it. A model
     (or checkpoint) another project trained at a shared provider is not: it is that project's."""
-    from api.openai_compat import provider_of
+    from api.openai_compat import is_trained_id, provider_of
 
-    if provider_of(name) is None:
+    found = provider_of(name)
+    if found is None or is_trained_id(found[1]):  # someone's fine-tuned model: only its own project's row serves it
         return False
     return c.execute("SELECT 1 FROM models WHERE id = %s UNION ALL SELECT 1 FROM job_checkpoints "
                      "WHERE fine_tuned_model_checkpoint = %s LIMIT 1", (name, name)).fetchone() is None

@@ -8,6 +8,7 @@ refusal (unknown model, context too long, bad key, rate limit) is an HTTP error 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Generator
 from typing import Any
 
@@ -64,10 +65,17 @@ def open_stream(provider, remote_model: str, model: str, messages: list[dict[str
         _raise_for(provider, e, model)
         raise
 
+    deadline = time.monotonic() + time_limit
+    max_chars = max_tokens * 32  # no token is longer: a provider ignoring max_tokens is cut off here
+
     def pieces() -> Generator[str, None, None]:
         parts: list[str] = []
+        size = 0
         try:
             for chunk in stream:
+                if time.monotonic() > deadline or size > max_chars:  # a slow or endless provider: the answer ends
+                    result.finish_reason = "length"
+                    break
                 if chunk.usage is not None:
                     result.prompt_tokens = chunk.usage.prompt_tokens or 0
                     result.completion_tokens = chunk.usage.completion_tokens or 0
@@ -77,12 +85,13 @@ def open_stream(provider, remote_model: str, model: str, messages: list[dict[str
                     piece = choice.delta.content if choice.delta else None
                     if piece:
                         parts.append(piece)
-                        result.text = "".join(parts)
+                        size += len(piece)
                         yield piece
         except Exception as e:  # noqa: BLE001 - mid-stream: the answer ends here, marked as such
             log.warning("provider %s failed mid-answer (%s)", provider.name, type(e).__name__)
             result.finish_reason = "error"
         finally:
+            result.text = "".join(parts)
             stream.close()
         if not result.completion_tokens:
             result.completion_tokens = len(parts)

@@ -240,8 +240,10 @@ class CostEstimated(Event):
 @dataclass(frozen=True)
 class BudgetCharged(Event):
     job_id: str
-    amount_usd: float
+    amount_usd: float  # negative: a credit (the provider's trained tokens cost less than estimated)
     at: int
+    project: str | None = None
+    correction: bool = False  # at the end: the real cost minus the estimate charged at create time
 
 
 @dataclass(frozen=True)

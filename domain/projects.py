@@ -55,6 +55,7 @@ class ProjectSettings:
 
 
 MAX_ROSTER = 10000
+MAX_ROSTER_CHARS = 200_000  # bounds the compiled pattern (memory, and the second it takes to compile)
 
 
 def _roster(value: Any) -> tuple[str, ...]:
@@ -65,6 +66,9 @@ def _roster(value: Any) -> tuple[str, ...]:
         if not isinstance(name, str) or not 1 <= len(name.strip()) <= 100 or "\x00" in name:
             raise ValidationError(f"pii_roster[{i}] must be a name of 1-100 characters", param=f"pii_roster[{i}]")
         names.append(name.strip())
+    if sum(len(n) for n in names) > MAX_ROSTER_CHARS:
+        raise ValidationError(f"pii_roster holds over {MAX_ROSTER_CHARS} characters of names in all",
+                              param="pii_roster")
     return tuple(dict.fromkeys(names))
 
 

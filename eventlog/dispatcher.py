@@ -264,16 +264,23 @@ class Dispatcher:
 
         if not now:
             held = self.redis.get(poll_key(job_id))
-            if held is not None and self._rq_alive(held.decode()):
+            if held is not None and self._rq_alive(held.decode(), stale_after=RQ_HEARTBEAT_STALE):
                 return
         schedule_poll(self.svc, job_id, 0.0, replace=True)
         log.info("poll chain of %s (re)started", job_id)
 
-    def _rq_alive(self, rid: str) -> bool:
+    def _rq_alive(self, rid: str, stale_after: float | None = None) -> bool:
+        """The RQ job will still run. With `stale_after`: a started one whose worker has not heartbeaten it for
+        that long is gone with its worker (a poll runs in the worker process: a SIGKILL leaves it "started")."""
         try:
-            status = Job.fetch(rid, connection=self.redis).get_status(refresh=True)
+            job = Job.fetch(rid, connection=self.redis)
+            status = job.get_status(refresh=True)
         except NoSuchJobError:
             return False
+        if stale_after is not None and status == "started":
+            beat = job.last_heartbeat or job.started_at
+            if beat is not None and time.time() - beat.timestamp() > stale_after:
+                return False
         return status in PENDING
 
     def declare_lost(self, job_id: str) -> None:

@@ -17,6 +17,8 @@ table, an API response, an error message or a log line (`scrub` takes them out o
 """
 from __future__ import annotations
 
+import logging
+import math
 import os
 import re
 import threading
@@ -27,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")  # a variable's *name*: a key pasted there is refused
+log = logging.getLogger("tunelog.providers")
 # Published list prices (USD per 1M training tokens) of OpenAI's fine-tunable models, 2025; an operator's
 # `[prices]` table overrides or extends them. A model without a price gets no estimate.
 DEFAULT_PRICES: dict[str, float] = {
@@ -75,7 +79,9 @@ class Provider:
 
         key = self.api_key()
         if key is None:
-            raise ProviderConfigError(f"provider {self.name!r} has no API key: set {self.key_source}")
+            # where the key should come from is the operator's to know (the worker log), not every trainer's
+            log.warning("provider %s has no API key: set %s", self.name, self.key_source)
+            raise ProviderConfigError(f"provider {self.name!r} has no API key configured on this server")
         # one client per process, provider, key and timeout: its connection pool is reused across polls
         cache_key = (os.getpid(), self.name, self.base_url, hash(key), timeout, max_retries)
         with _cache_lock:
@@ -139,7 +145,8 @@ def load(data_dir: Path | None = None) -> ProviderConfig:
         for name, spec in (raw.get("providers") or {}).items():
             providers[name] = _provider(name, spec, path)
         for model, price in (raw.get("prices") or {}).items():
-            if isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0:
+            if isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price) \
+                    or price < 0:
                 raise ProviderConfigError(f"{path}: prices.{model!r} must be a number of USD per million "
                                           "training tokens, at least 0")
             prices[model] = float(price)
@@ -163,11 +170,17 @@ def _provider(name: str, spec: Any, path: Path) -> Provider:
     if unknown:
         raise ProviderConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     base_url = spec.get("base_url")
-    if not isinstance(base_url, str) or not re.match(r"^https?://", base_url):
-        raise ProviderConfigError(f"{where}: base_url must be an http(s) URL")
+    if not isinstance(base_url, str) or not re.match(r"^https?://[^/@?#\s]+(/[^?#@\s]*)?$", base_url):
+        # no credentials or query in the URL: HTTP clients log URLs, and keys belong in api_key_env/file
+        raise ProviderConfigError(f"{where}: base_url must be an http(s) URL without credentials or a query")
     env, file = spec.get("api_key_env"), spec.get("api_key_file")
     if (env is None) == (file is None):
         raise ProviderConfigError(f"{where}: give exactly one of api_key_env (a variable's name) or api_key_file")
+    if env is not None and (not isinstance(env, str) or not ENV_NAME_RE.match(env)):
+        raise ProviderConfigError(f"{where}: api_key_env must be the name of an environment variable "
+                                  "(A-Z, 0-9, _), not the key itself")
+    if file is not None and not isinstance(file, str):
+        raise ProviderConfigError(f"{where}: api_key_file must be a path")
     extra = spec.get("chat_extra_body") or {}
     if not isinstance(extra, dict):
         raise ProviderConfigError(f"{where}: chat_extra_body must be a table")
@@ -184,11 +197,17 @@ def remote_models(provider: Provider, refresh: bool = False) -> list[dict[str, A
     that cannot be asked gives what was cached, or nothing: a list of models never fails for it."""
     now = time.monotonic()
     cached = _models.get(provider.name)
-    if cached and not refresh and now - cached[0] < MODELS_TTL:
+    if cached and now - cached[0] < (60.0 if refresh else MODELS_TTL):  # a refresh at most once a minute
         return cached[1]
     try:
-        listed = [{"id": m.id, "created": getattr(m, "created", 0) or 0, "owned_by": getattr(m, "owned_by", None)}
-                  for m in provider.client(timeout=10.0).models.list()]
+        listed = []
+        for m in provider.client(timeout=10.0).models.list():
+            if len(listed) >= 1000:  # bounded: a provider's list is shown on every GET /v1/models
+                break
+            model_id = clean_text(m.id, 180)
+            if model_id and model_id == m.id:
+                listed.append({"id": model_id, "created": int(clean_number(getattr(m, "created", 0)) or 0),
+                               "owned_by": clean_text(getattr(m, "owned_by", None) or "", 64) or None})
     except Exception:  # noqa: BLE001 - unreachable, no key, refused: the list is what we had
         kept = cached[1] if cached else []
         _models[provider.name] = (now - MODELS_TTL + 60.0, kept)  # asked again in a minute, not on every list
@@ -204,6 +223,8 @@ def classify(exc: BaseException) -> tuple[bool, str, str]:
 
     if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
         return True, "provider_unreachable", f"the provider could not be reached ({type(exc).__name__})"
+    if isinstance(exc, openai.APIResponseValidationError):  # a proxy's error page, a malformed answer
+        return True, "provider_bad_response", "the provider's answer was not what its API promises"
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         body = exc.body if isinstance(exc.body, dict) else {}
@@ -211,5 +232,24 @@ def classify(exc: BaseException) -> tuple[bool, str, str]:
         code = (err or {}).get("code") or {400: "invalid_request", 401: "invalid_api_key", 403: "permission_denied",
                                            404: "not_found", 429: "rate_limit_exceeded"}.get(status, f"http_{status}")
         message = (err or {}).get("message") or str(exc)
-        return status == 429 or status >= 500 or status == 408, str(code), f"{status}: {message}"
-    return False, "provider_error", f"{type(exc).__name__}"
+        # 408, 409 (a race with the provider's own state change), 429 and 5xx are worth another try
+        transient = status in (408, 409, 429) or status >= 500
+        return transient, clean_text(str(code), 64), clean_text(f"{status}: {message}", 1000)
+    # anything else (a bug of ours, an unexpected shape): retried, never taken as the provider's verdict
+    return True, "provider_error", f"unexpected {type(exc).__name__}"
+
+
+def clean_text(value, limit: int = 2000) -> str:
+    """A provider's string as the log can keep it: text, no NUL, no lone surrogate, at most `limit` chars."""
+    text = value if isinstance(value, str) else ("" if value is None else str(value))
+    text = text[: limit * 2].replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+    return text[:limit]
+
+
+def clean_number(value) -> float | int | None:
+    """A provider's number as the log can keep it: finite int or float, else None (jsonb has no NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value if abs(value) < 1e15 else None

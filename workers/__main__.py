@@ -45,6 +45,8 @@ def main(argv: list[str]) -> None:
     from eventlog import settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for name in ("httpx", "httpx2"):  # the SDK's HTTP client logs every request's URL at INFO: not a poll's worth
+        logging.getLogger(name).setLevel(logging.WARNING)
     names = argv[1:] or ["cpu"]
     s = settings.load()
     _start_heartbeat(s, "worker-" + "-".join(names))

@@ -28,13 +28,16 @@ from domain.jobs import JobState, fold
 from domain.projects import ProjectSettings
 from eventlog import providers
 from eventlog.bootstrap import Services, bootstrap
+from eventlog.db import DatabaseUnavailable
 from eventlog.polls import poll_bounds, poll_key, schedule_poll
+from eventlog.providers import clean_number, clean_text
 from eventlog.store import Append, NewEvent
 
 log = logging.getLogger("tunelog.delegate")
 
 SUBMIT_TRIES = 6  # transient errors while submitting: 2, 4, 8, 16, 32 s apart, then the job fails
 MAX_EVENT_PAGES = 50
+MAX_EVENTS_PER_POLL = 1000  # a provider that resends everything with new ids cannot flood the log
 
 
 def _now() -> int:
@@ -168,6 +171,8 @@ def submit(svc: Services, won, progress, lease) -> str:
                 progress.finish(extra=[NewEvent("JobCancelled", {"reason": "cancelled before the remote job was "
                                                                  "created", "at": _now()}, progress.metadata)])
                 return "cancelled"
+            if lease.lost.is_set():  # cut off from Postgres: the next attempt may be creating it right now
+                return "fenced"
             failpoint("delegate.before_create", won.attempt, state.suffix)
             remote = _with_retries(progress, f"Provider {provider.name}: creating the fine-tuning job",
                                    lambda: client.fine_tuning.jobs.create(**_remote_params(state, files,
@@ -180,6 +185,8 @@ def submit(svc: Services, won, progress, lease) -> str:
         progress.finish(extra=[NewEvent("JobFailed", {"error": {"code": e.code, "message": _scrubbed(e.message, svc),
                                                                 "param": None}, "at": _now()}, progress.metadata)])
         return "failed"
+    if lease.lost.is_set():  # a later attempt may own the job now: it finds this remote job by its metadata
+        return "fenced"
     progress.finish(extra=[
         NewEvent("RemoteJobCreated", {
             "provider": provider.name, "remote_job_id": remote.id, "remote_model": remote_model,
@@ -188,7 +195,10 @@ def submit(svc: Services, won, progress, lease) -> str:
         NewEvent("JobMessage", {"level": "info", "message": scrub(
             f"Remote job {remote.id} {'found (created by an earlier attempt)' if existing else 'created'} at "
             f"provider {provider.name}: {remote.status}"), "at": _now()}, progress.metadata)])
-    schedule_poll(svc, state.id, poll_bounds()[0], replace=True)
+    try:
+        schedule_poll(svc, state.id, poll_bounds()[0], replace=True)
+    except Exception:  # noqa: BLE001 - Redis away: the job is recorded; the dispatcher starts its polls
+        log.exception("job %s: could not schedule its first poll; the dispatcher will", state.id)
     return remote.id
 
 
@@ -268,10 +278,13 @@ def poll_remote(job_id: str, delay: float = 0.0, failures: int = 0) -> str:
                 failures += 1
                 next_delay = min(max(delay, lo) * 2, hi)
                 if failures & (failures - 1) == 0:  # the 1st, 2nd, 4th, 8th... of a streak: bounded noise
-                    _append(svc, job_id, state.version, [("JobMessage", {
-                        "level": "warn", "message": _scrubbed(f"Provider {state.remote['provider']}: {message}; "
-                                                              f"polling again in {next_delay:.0f} s", svc),
-                        "at": _now()})], [], meta)
+                    try:
+                        _append(svc, job_id, state.version, [("JobMessage", {
+                            "level": "warn", "message": _scrubbed(f"Provider {state.remote['provider']}: {message}; "
+                                                                  f"polling again in {next_delay:.0f} s", svc),
+                            "at": _now()})], [], meta)
+                    except ConcurrencyConflict:
+                        pass  # the next poll looks again
                 schedule_poll(svc, job_id, next_delay, failures, current=me_id) if me_id else None
                 return "transient error"
         if not new and not others:
@@ -280,8 +293,22 @@ def poll_remote(job_id: str, delay: float = 0.0, failures: int = 0) -> str:
             return "unchanged"
         try:
             _append(svc, job_id, state.version, new, others, meta)
-        except ConcurrencyConflict:
-            continue  # someone appended (a cancel request, a twin poll): look again
+        except ConcurrencyConflict as e:
+            if e.stream_id == job_stream(job_id):
+                continue  # someone appended (a cancel request, a twin poll): look again
+            # the model id the provider named is taken (another stream has it): the job cannot be registered
+            _fail(svc, job_id, state.version, meta, "model_id_taken", f"the provider named the fine-tuned model "
+                  f"{e.stream_id[6:]!r}, which is registered already")
+            r.delete(poll_key(job_id))
+            return "ended"
+        except DatabaseUnavailable:
+            raise  # RQ records the failure; the dispatcher restarts the chain when Postgres is back
+        except Exception:  # noqa: BLE001 - what the provider sent cannot be stored, even cleaned: never loop on it
+            log.exception("job %s: the provider's data could not be recorded", job_id)
+            _fail(svc, job_id, state.version, meta, "provider_bad_data",
+                  "the provider's answer could not be recorded (see the worker log)")
+            r.delete(poll_key(job_id))
+            return "ended"
         if any(t in ("JobSucceeded", "JobFailed", "JobCancelled") for t, _ in new):
             r.delete(poll_key(job_id))
             return "ended"
@@ -298,22 +325,30 @@ def _append(svc: Services, job_id: str, version: int, new: list[tuple[str, dict]
     svc.store.append_many([Append(job_stream(job_id), version, [NewEvent(t, d, meta) for t, d in new]), *others])
 
 
+def _fail(svc: Services, job_id: str, version: int, meta: dict[str, Any], code: str, message: str) -> None:
+    try:
+        _append(svc, job_id, version, [("JobFailed", {"error": {"code": code, "message": message, "param": None},
+                                                      "at": _now()})], [], meta)
+    except ConcurrencyConflict:
+        pass  # it changed meanwhile: the next poll (or the dispatcher's repair) decides again
+
+
 def _metrics(data: dict[str, Any], at: int, remote_id: str) -> dict[str, Any]:
-    step = int(data.get("step") or 0)
-    out = {"step": step, "total_steps": int(data.get("total_steps") or step), "epoch": data.get("epoch") or 0.0,
-           "train_loss": data.get("train_loss"), "learning_rate": data.get("learning_rate") or 0.0, "at": at,
-           "remote_id": remote_id}
+    step = int(clean_number(data.get("step")) or 0)
+    out = {"step": step, "total_steps": int(clean_number(data.get("total_steps")) or step),
+           "epoch": clean_number(data.get("epoch")) or 0.0, "train_loss": clean_number(data.get("train_loss")),
+           "learning_rate": clean_number(data.get("learning_rate")) or 0.0, "at": at, "remote_id": remote_id}
     for k in ("valid_loss", "train_mean_token_accuracy", "valid_mean_token_accuracy", "full_valid_loss",
               "full_valid_mean_token_accuracy", "tokens_per_second"):
-        if isinstance(data.get(k), (int, float)):
-            out[k] = data[k]
+        if clean_number(data.get(k)) is not None:
+            out[k] = clean_number(data[k])
     return out
 
 
 def observe(svc: Services, state: JobState, events) -> tuple[list[tuple[str, dict]], list[Append]]:
     """What the provider says that our log does not yet: the events to append (and other streams' appends)."""
     provider, _ = _provider(svc, state)
-    client = _client(provider)
+    client = _client(provider).with_options(timeout=15.0)  # a poll is short: a hanging provider must not hold it
     remote_id = state.remote["remote_job_id"]
     seen = {e.data.get("remote_id") for e in events if e.data.get("remote_id")}
     remote_status = state.remote.get("remote_status")
@@ -322,7 +357,9 @@ def observe(svc: Services, state: JobState, events) -> tuple[list[tuple[str, dic
 
         try:
             job = client.fine_tuning.jobs.cancel(remote_id)
-        except openai.BadRequestError:  # it ended meanwhile: the provider says how
+        except openai.APIStatusError as e:  # it ended meanwhile (400, or 409 from a tunelog): ask how
+            if e.status_code >= 500 or e.status_code == 429:
+                raise
             job = client.fine_tuning.jobs.retrieve(remote_id)
     else:
         job = client.fine_tuning.jobs.retrieve(remote_id)
@@ -341,43 +378,56 @@ def observe(svc: Services, state: JobState, events) -> tuple[list[tuple[str, dic
     new: list[tuple[str, dict]] = []
     scrub = provider.scrub
     last_metrics: dict[str, Any] = {}
-    for ev in reversed(fresh):
+    for ev in reversed(fresh[:MAX_EVENTS_PER_POLL]):  # what the provider sends is cleaned and bounded
         data = ev.data if isinstance(ev.data, dict) else (ev.data.model_dump() if ev.data is not None else {})
-        if ev.type == "metrics" and isinstance(data.get("step"), (int, float)):
-            last_metrics = _metrics(data, ev.created_at, ev.id)
+        at = int(clean_number(ev.created_at) or _now())
+        ev_id = clean_text(ev.id, 200)
+        if ev.type == "metrics" and isinstance(clean_number(data.get("step")), (int, float)):
+            last_metrics = _metrics(data, at, ev_id)
             new.append(("JobProgressed", last_metrics))
         else:
             new.append(("JobMessage", {"level": ev.level if ev.level in ("info", "warn", "error") else "info",
-                                       "message": scrub(f"[{provider.name}] {ev.message}")[:2000],
-                                       "at": ev.created_at, "remote_id": ev.id}))
-    for ckpt in reversed(client.fine_tuning.jobs.checkpoints.list(remote_id, limit=100).data):
-        if ckpt.id in seen:
+                                       "message": scrub(clean_text(f"[{provider.name}] {ev.message}", 2000)),
+                                       "at": at, "remote_id": ev_id}))
+    for ckpt in reversed(client.fine_tuning.jobs.checkpoints.list(remote_id, limit=100).data[:100]):
+        ckpt_id = clean_text(ckpt.id, 200)
+        if ckpt_id in seen:
             continue
+        step = int(clean_number(ckpt.step_number) or 0)
+        metrics = ckpt.metrics.model_dump(exclude_none=True) if ckpt.metrics else {}
         new.append(("CheckpointSaved", {
-            "id": f"ftckpt-{state.id[6:]}-r{ckpt.step_number}", "remote_id": ckpt.id, "attempt": state.attempt,
-            "job_id": state.id, "project": state.project, "step": ckpt.step_number, "path": "",
-            "fine_tuned_model_checkpoint": f"{provider.name}/{ckpt.fine_tuned_model_checkpoint}",
-            "metrics": ckpt.metrics.model_dump(exclude_none=True) if ckpt.metrics else {}, "at": ckpt.created_at}))
+            "id": f"ftckpt-{state.id[6:]}-r{step}", "remote_id": ckpt_id, "attempt": state.attempt,
+            "job_id": state.id, "project": state.project, "step": step, "path": "",
+            "fine_tuned_model_checkpoint": f"{provider.name}/{clean_text(ckpt.fine_tuned_model_checkpoint, 180)}",
+            "metrics": {clean_text(k, 64): clean_number(v) for k, v in list(metrics.items())[:32]},
+            "at": int(clean_number(ckpt.created_at) or _now())}))
     others: list[Append] = []
     now = _now()
     if job.status != remote_status and job.status in ("validating_files", "queued", "running", "pausing", "paused"):
+        finish = clean_number(job.estimated_finish)
         new.append(("RemoteJobUpdated", {"remote_status": job.status, "at": now,
-                                         "estimated_finish": job.estimated_finish,
-                                         "trained_tokens": job.trained_tokens}))
+                                         "estimated_finish": int(finish) if finish is not None else None,
+                                         "trained_tokens": clean_number(job.trained_tokens)}))
     if job.status == "succeeded":
-        model_id = f"{provider.name}/{job.fine_tuned_model}"
-        tokens = job.trained_tokens or 0
+        remote_model = job.fine_tuned_model
+        if not isinstance(remote_model, str) or not 0 < len(remote_model) <= 180 or clean_text(remote_model) != \
+                remote_model:
+            raise JobError("provider_bad_data", "the provider reported success without a usable fine_tuned_model")
+        model_id = f"{provider.name}/{remote_model}"
+        tokens = int(clean_number(job.trained_tokens) or 0)
         price = providers.load(svc.settings.data_dir).price(state.model)
         if price is not None:
+            actual = round(tokens * price / 1e6, 6)
             new.append(("JobMessage", {"level": "info", "message": f"Trained {tokens} tokens at the provider: about "
-                                       f"${tokens * price / 1e6:.4f} at ${price}/1M tokens", "at": now}))
+                                       f"${actual:.4f} at ${price}/1M tokens", "at": now}))
+            others += _budget_correction(events, state, actual, now)
         final = {k: v for k, v in last_metrics.items() if k not in ("at", "remote_id")} or \
             _last_metrics(events)
         new.append(("JobSucceeded", {"fine_tuned_model": model_id, "trained_tokens": tokens, "artifact_path": "",
                                      "at": now, "metrics": final}))
         created = next(e for e in events if e.type == "JobCreated").data
-        redactions = [{k: e.data[k] for k in ("file", "emails", "phones", "names")}
-                      for e in events if e.type == "DataRedacted"]
+        redactions = list({e.data["file"]: {k: e.data[k] for k in ("file", "emails", "phones", "names")}
+                           for e in events if e.type == "DataRedacted"}.values())  # a retried upload: counted once
         lineage = {
             "base_model": state.model, "job_id": state.id, "provider": provider.name,
             "remote_job_id": remote_id, "remote_model": state.remote.get("remote_model"),
@@ -393,13 +443,29 @@ def observe(svc: Services, state: JobState, events) -> tuple[list[tuple[str, dic
     elif job.status == "failed":
         err = job.error
         new.append(("JobFailed", {"error": {
-            "code": (err.code if err and err.code else "provider_job_failed"),
-            "message": scrub("the provider's job failed: " + (err.message if err and err.message else "no reason")),
-            "param": err.param if err else None}, "at": now}))
+            "code": clean_text(err.code, 64) if err and err.code else "provider_job_failed",
+            "message": scrub(clean_text("the provider's job failed: " + (
+                err.message if err and isinstance(err.message, str) else "no reason"), 1000)),
+            "param": clean_text(err.param, 200) if err and err.param else None}, "at": now}))
     elif job.status == "cancelled":
         new.append(("JobCancelled", {"reason": "cancelled by request" if state.cancel_requested
                                      else f"cancelled at provider {provider.name}", "at": now}))
     return new, others
+
+
+def _budget_correction(events, state: JobState, actual: float, now: int) -> list[Append]:
+    """The budget was charged the estimate at create time; the provider's trained tokens tell the real cost:
+    the difference is charged (or credited) to the same month's budget."""
+    from domain.events import budget_stream
+
+    created = next(e for e in events if e.type == "JobCreated")
+    estimate = next((e.data.get("estimated_cost_usd") for e in events if e.type == "CostEstimated"), None)
+    if estimate is None or abs(actual - estimate) < 1e-9:
+        return []
+    month = time.strftime("%Y-%m", time.gmtime(created.data["created_at"]))
+    return [Append(budget_stream(state.project, month), None, [NewEvent("BudgetCharged", {
+        "job_id": state.id, "amount_usd": round(actual - estimate, 6), "at": now, "project": state.project,
+        "correction": True}, {"actor": "provider-poll", "correlation_id": state.id})])]
 
 
 def _last_metrics(events) -> dict[str, Any]:
