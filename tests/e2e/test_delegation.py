@@ -363,6 +363,28 @@ def test_a_dpo_job_is_passed_on_with_its_method_and_only_the_hyperparameters_giv
     assert sent["model"] == "gpt-4o-mini-2024-07-18" and sent["suffix"] == "dpo-x" and sent["seed"] == 7
 
 
+def test_another_projects_model_at_a_shared_provider_is_not_theirs_to_use(ours):
+    a = client(ours, project_key(ours))
+    job = create(a, OPENAI_MODEL, upload(a))
+    done = wait(a, job.id, {"succeeded", "failed", "cancelled"})
+    assert done.status == "succeeded", done.error
+    model = done.fine_tuned_model
+    checkpoint = a.fine_tuning.jobs.checkpoints.list(job.id).data[0].fine_tuned_model_checkpoint
+    assert a.chat.completions.create(model=checkpoint, max_tokens=4, messages=[{"role": "user", "content": "hi"}])
+    b = client(ours, project_key(ours))
+    for name in (model, checkpoint):
+        with pytest.raises(openai.NotFoundError):
+            b.chat.completions.create(model=name, max_tokens=4, messages=[{"role": "user", "content": "hi"}])
+        with pytest.raises(openai.BadRequestError) as e:
+            create(b, name, upload(b))
+        assert e.value.code == "model_not_available"
+    assert not [m.id for m in b.models.list().data if m.id in (model, checkpoint)]
+    # and its own project may train it further
+    again = create(a, model, upload(a))
+    assert again.model == model
+    a.fine_tuning.jobs.cancel(again.id)
+
+
 def test_options_a_provider_cannot_take_are_refused_with_the_reason(ours):
     c = client(ours, project_key(ours))
     train = upload(c)

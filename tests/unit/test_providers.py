@@ -118,3 +118,26 @@ def test_delegation_settings_are_validated_with_exact_messages():
         with pytest.raises(ValidationError, match=message.replace("[", r"\[").replace("]", r"\]")):
             ProjectSettings().updated(patch)
     assert ProjectSettings().updated({"monthly_budget_usd": None}).monthly_budget_usd is None
+
+
+def test_what_a_provider_sends_is_cleaned_before_the_log_keeps_it():
+    assert providers.clean_text("a\x00b\ud800c" + "x" * 50, 10) == "ab?cxxxxxx"
+    assert providers.clean_text(None) == "" and providers.clean_text(12) == "12"
+    assert providers.clean_number(float("nan")) is None and providers.clean_number(float("inf")) is None
+    assert providers.clean_number(True) is None and providers.clean_number("3") is None
+    assert providers.clean_number(2.5) == 2.5 and providers.clean_number(10**20) is None
+
+
+def test_a_key_pasted_where_its_variables_name_belongs_is_refused(tmp_path, monkeypatch):
+    with pytest.raises(providers.ProviderConfigError, match="not the key itself"):
+        load(tmp_path, monkeypatch, '[providers.x]\nbase_url = "https://x/v1"\napi_key_env = "sk-live-abc123"\n')
+    with pytest.raises(providers.ProviderConfigError, match="without credentials"):
+        load(tmp_path, monkeypatch, '[providers.x]\nbase_url = "https://u:p@x/v1"\napi_key_env = "K"\n')
+    with pytest.raises(providers.ProviderConfigError, match="at least 0"):
+        load(tmp_path, monkeypatch, '[prices]\n"openai/x" = nan\n')
+
+
+def test_a_delegated_jobs_auto_epochs_are_estimated_as_openai_chooses_them():
+    from api.openai_compat import openai_auto_epochs
+
+    assert [openai_auto_epochs(n) for n in (1, 10, 20, 100, 8000, 10000, 100000)] == [25, 10, 5, 3, 3, 2, 1]
