@@ -36,7 +36,7 @@ from eventlog.store import Append, NewEvent
 log = logging.getLogger("tunelog.delegate")
 
 SUBMIT_TRIES = 6  # transient errors while submitting: 2, 4, 8, 16, 32 s apart, then the job fails
-MAX_EVENT_PAGES = 50
+MAX_EVENT_PAGES = 10  # x 100 events: MAX_EVENTS_PER_POLL; a hanging provider costs at most 12 calls of 15 s
 MAX_EVENTS_PER_POLL = 1000  # a provider that resends everything with new ids cannot flood the log
 
 
