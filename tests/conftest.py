@@ -91,3 +91,13 @@ def stack(pg_server, redis_server, tmp_root, base_model):
                      TUNELOG_MAX_UPLOAD_BYTES=str(512 * 1024), TUNELOG_WEB_THREADS="8", TUNELOG_PRELOAD_MODELS="1")
     yield s
     s.stop_all()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Soak variants (more trials, more load) run only with TUNELOG_SOAK=1: CI runs their bounded versions."""
+    if os.environ.get("TUNELOG_SOAK"):
+        return
+    skip = pytest.mark.skip(reason="a soak variant: set TUNELOG_SOAK=1 to run it")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
