@@ -589,8 +589,9 @@ MESSAGES = {
                                 "model, so no cost estimate"),
     "DataRedacted": lambda d: (f"Redacted before upload to the provider from {d['file']}: {d['emails']} email(s), "
                                f"{d['phones']} phone number(s), {d['names']} name(s); the local copy is unchanged"),
-    "RemoteJobCreated": lambda d: (f"Remote job {d['remote_job_id']} at provider {d['provider']}: "
-                                   f"{d['remote_status']}"),
+    "RemoteJobCreated": lambda d: (f"Remote job {d['remote_job_id']} "
+                                   + ("found (an earlier attempt created it)" if d.get("found_existing") else "created")
+                                   + f" at provider {d['provider']}: {d['remote_status']}"),
     "RemoteJobUpdated": lambda d: f"Remote job status: {d['remote_status']}",
 }
 LEVELS = {"JobFailed": "error", "JobAttemptLost": "warn"}

@@ -161,7 +161,6 @@ def submit(svc: Services, won, progress, lease) -> str:
         if project_settings(svc, state.project).local_only:
             raise JobError("local_only", "this project is local-only: no data may leave for an external provider")
         client = _client(provider)
-        scrub = provider.scrub
         existing = _with_retries(progress, f"Provider {provider.name}: looking for this job's remote job",
                                  lambda: find_remote_job(client, state.id))
         if existing is None:
@@ -187,14 +186,10 @@ def submit(svc: Services, won, progress, lease) -> str:
         return "failed"
     if lease.lost.is_set():  # a later attempt may own the job now: it finds this remote job by its metadata
         return "fenced"
-    progress.finish(extra=[
-        NewEvent("RemoteJobCreated", {
-            "provider": provider.name, "remote_job_id": remote.id, "remote_model": remote_model,
-            "remote_status": remote.status, "remote_files": files, "found_existing": existing is not None,
-            "at": _now()}, progress.metadata),
-        NewEvent("JobMessage", {"level": "info", "message": scrub(
-            f"Remote job {remote.id} {'found (created by an earlier attempt)' if existing else 'created'} at "
-            f"provider {provider.name}: {remote.status}"), "at": _now()}, progress.metadata)])
+    progress.finish(extra=[NewEvent("RemoteJobCreated", {
+        "provider": provider.name, "remote_job_id": clean_text(remote.id, 200), "remote_model": remote_model,
+        "remote_status": clean_text(remote.status, 32), "remote_files": files, "found_existing": existing is not None,
+        "at": _now()}, progress.metadata)])
     try:
         schedule_poll(svc, state.id, poll_bounds()[0], replace=True)
     except Exception:  # noqa: BLE001 - Redis away: the job is recorded; the dispatcher starts its polls
