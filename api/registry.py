@@ -11,7 +11,7 @@ from api.auth import require
 from api.common import Idempotent, append_and_respond, json_body, metadata, now, svc
 from domain.errors import ConcurrencyConflict, Conflict, NotFound, PreconditionFailed, ValidationError
 from domain.events import AliasPromoted, ProjectSettingsChanged, alias_stream, project_stream
-from domain.projects import DEFAULT_ALIAS, ProjectSettings, check_promotion
+from domain.projects import DEFAULT_ALIAS, ProjectSettings, check_promotion, fold_settings
 from eventlog.catalog import BASE_MODELS
 from eventlog.store import NewEvent
 
@@ -181,11 +181,7 @@ def promote(alias: str):
 def _settings_at(project: str) -> tuple[ProjectSettings, int]:
     """The project's settings folded from its own stream, and that stream's version."""
     events = svc().store.read_stream(project_stream(project))
-    current = ProjectSettings()
-    for e in events:
-        if e.type == "ProjectSettingsChanged":
-            current = ProjectSettings.from_dict(e.data["settings"])
-    return current, (events[-1].stream_version if events else 0)
+    return fold_settings(events), (events[-1].stream_version if events else 0)
 
 
 def _settings_response(project: str, settings: ProjectSettings, version: int, status: int = 200):

@@ -72,6 +72,15 @@ def _roster(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def fold_settings(events) -> ProjectSettings:
+    """The settings a project's stream holds (its last ProjectSettingsChanged), or the defaults."""
+    current = ProjectSettings()
+    for e in events:
+        if e.type == "ProjectSettingsChanged":
+            current = ProjectSettings.from_dict(e.data["settings"])
+    return current
+
+
 def check_promotion(settings: ProjectSettings, alias: str, model: str, new_score: float | None,
                     current_model: str, current_score: float | None) -> None:
     """Refuse (409) a promotion the project's gate forbids. Scores are validation losses: lower wins."""

@@ -198,6 +198,12 @@ def start_stack(server: str, redis_url: str, data: Path, db: str):
     return stack, url
 
 
+def _print_log_tails(data: Path) -> None:
+    """After a failed benchmark: the end of the worker's and the dispatcher's logs."""
+    for name in ("worker-cpu", "dispatcher"):
+        print(f"--- {name}.log (tail)\n" + (data / f"{name}.log").read_text()[-3000:])
+
+
 # ---- submit -> JobStarted ----------------------------------------------------------------------------------
 def bench_latency(server: str, redis_url: str, tmp: Path, samples: int) -> None:
     import redis
@@ -227,8 +233,7 @@ def bench_latency(server: str, redis_url: str, tmp: Path, samples: int) -> None:
             stack.http("POST", f"/v1/fine_tuning/jobs/{job['id']}/cancel", k)
             stack.wait_job(k, job["id"], {"cancelled", "succeeded", "failed"}, timeout=60)
     except Exception:
-        for name in ("worker-cpu", "dispatcher"):
-            print(f"--- {name}.log (tail)\n" + (data / f"{name}.log").read_text()[-3000:])
+        _print_log_tails(data)
         raise
     finally:
         stack.stop_all()
@@ -762,8 +767,7 @@ def bench_train(server: str, redis_url: str, tmp: Path, examples: int) -> None:
         stack.http("POST", f"/v1/fine_tuning/jobs/{job_id}/cancel", k)  # the rest of the run measures nothing
         stack.wait_job(k, job_id, {"cancelled", "succeeded", "failed"}, timeout=120)
     except Exception:
-        for name in ("worker-cpu", "dispatcher"):
-            print(f"--- {name}.log (tail)\n" + (data / f"{name}.log").read_text()[-3000:])
+        _print_log_tails(data)
         raise
     finally:
         stack.stop_all()
@@ -867,8 +871,7 @@ def bench_delegate(server: str, redis_url: str, tmp: Path, jobs: int) -> None:
                 seen.setdefault(row["id"], time.time() - released)
             time.sleep(0.5)
     except Exception:
-        for name in ("worker-cpu", "dispatcher"):
-            print(f"--- {name}.log (tail)\n" + (data / f"{name}.log").read_text()[-3000:])
+        _print_log_tails(data)
         raise
     finally:
         stack.stop_all()

@@ -25,7 +25,7 @@ from typing import Any
 from domain.errors import ConcurrencyConflict
 from domain.events import file_stream, job_stream, model_stream, project_stream
 from domain.jobs import JobState, fold
-from domain.projects import ProjectSettings
+from domain.projects import ProjectSettings, fold_settings
 from eventlog import providers
 from eventlog.bootstrap import Services, bootstrap
 from eventlog.db import DatabaseUnavailable
@@ -65,11 +65,7 @@ class JobError(Exception):
 
 
 def project_settings(svc: Services, project: str) -> ProjectSettings:
-    current = ProjectSettings()
-    for e in svc.store.read_stream(project_stream(project)):
-        if e.type == "ProjectSettingsChanged":
-            current = ProjectSettings.from_dict(e.data["settings"])
-    return current
+    return fold_settings(svc.store.read_stream(project_stream(project)))
 
 
 def _provider(svc: Services, state: JobState) -> tuple[providers.Provider, str]:

@@ -192,8 +192,7 @@ def test_cancel_is_passed_on_to_the_remote_job(ours, emulator):
     emulator.hold = True
     try:
         job = create(c, OPENAI_MODEL, train)
-        wait_for(lambda: (c.fine_tuning.jobs.retrieve(job.id).model_extra.get("remote") or {}).get("remote_status")
-                 == "running", 60, what="the remote job to run")
+        wait_remote_running(c, job.id)
         assert c.fine_tuning.jobs.retrieve(job.id).status == "running"
         c.fine_tuning.jobs.cancel(job.id)
         done = wait(c, job.id, {"succeeded", "failed", "cancelled"}, timeout=60)
@@ -216,6 +215,11 @@ def test_transient_provider_errors_are_retried_and_shown_as_messages(ours, emula
     assert sum("429" in m for m in warnings) == 2, warnings
     assert any("503" in m for m in warnings), warnings
     assert sum(1 for b in emulator.created_jobs if b["metadata"] == {"tunelog_job": job.id}) == 1
+
+
+def wait_remote_running(c: openai.OpenAI, job_id: str) -> None:
+    wait_for(lambda: (c.fine_tuning.jobs.retrieve(job_id).model_extra.get("remote") or {}).get("remote_status")
+             == "running", 60, what="the remote job to run")
 
 
 def ours_remote(c: openai.OpenAI, job_id: str) -> str:
@@ -247,8 +251,7 @@ def test_a_followed_job_survives_redis_losing_its_poll_chain_and_mirrors_each_re
     emulator.hold = True
     try:
         job = create(c, OPENAI_MODEL, upload(c))
-        wait_for(lambda: (c.fine_tuning.jobs.retrieve(job.id).model_extra.get("remote") or {}).get("remote_status")
-                 == "running", 60, what="the remote job to run")
+        wait_remote_running(c, job.id)
         redis.Redis.from_url(ours.env["REDIS_URL"]).flushdb()  # Redis keeps nothing: the log is the truth
     finally:
         emulator.hold = False
