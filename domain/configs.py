@@ -6,6 +6,9 @@ extensions for local training (LoRA or full fine-tuning, QLoRA, DeepSpeed, check
 stopping, packing, sequence length); DPO adds OpenAI's `beta`. The legacy top-level `hyperparameters` (no
 `method`) takes OpenAI's three keys only.
 
+tunelog's own method `{"type": "dspy", "dspy": {...}}` optimizes a DSPy program (prompt and demonstrations,
+no weights): its options (DspyOptions: optimizer, metric, ...) sit directly under method.dspy.
+
 `resolve(n_examples)` gives the dict a JobCreated event stores and the training worker reads: every key
 present, nothing "auto". Its key names are a contract (RESOLVED_KEYS).
 """
@@ -30,12 +33,22 @@ NULLABLE = ("deepspeed", "checkpoint_interval", "eval_interval", "early_stopping
 DEEPSPEED_STAGES = ("zero2", "zero3", "zero3_offload")
 MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,63}")
 MAX_TARGET_MODULES = 64
-METHODS = ("supervised", "dpo")
-REFUSED_METHODS = ("dspy", "reinforcement")
+METHODS = ("supervised", "dpo", "dspy")
+REFUSED_METHODS = ("reinforcement",)
 
 DEFAULT_LORA_R = 16
 DEFAULT_LORA_DROPOUT = 0.05
 DEFAULT_BETA = 0.1
+
+DSPY_OPTIMIZERS = ("bootstrap_few_shot", "bootstrap_few_shot_with_random_search", "mipro_v2", "gepa")
+DSPY_METRICS = ("exact_match", "contains", "f1", "semantic_f1", "llm_judge")
+DSPY_AUTO = ("light", "medium", "heavy")
+DSPY_AUTO_OPTIMIZERS = ("mipro_v2", "gepa")  # the optimizers that take `auto`
+DSPY_JUDGE_METRICS = ("llm_judge", "semantic_f1")  # the metrics that take a judge_model
+DSPY_NULLABLE = ("judge_model", "auto", "num_candidate_programs", "num_trials", "seed", "time_budget_s")
+DEFAULT_DSPY_AUTO = "light"
+DEFAULT_NUM_CANDIDATE_PROGRAMS = 4
+MAX_JUDGE_MODEL = 256
 
 
 def _short(value: Any) -> str:
@@ -263,17 +276,145 @@ class DpoHyperparameters(Hyperparameters):
         return {"beta": DEFAULT_BETA if self.beta == "auto" else self.beta}
 
 
+def _one_of(name: str, value: Any, allowed: tuple[str, ...], param: str, *, nullable: bool = False) -> None:
+    if value is None and nullable:
+        return
+    if not isinstance(value, str) or value not in allowed:
+        names = ", ".join(f'"{a}"' for a in allowed)
+        null = " or null" if nullable else ""
+        raise ValidationError(f"{name} must be one of {names}{null}, got {_short(value)}", param=param)
+
+
+def _quoted(names: tuple[str, ...]) -> str:
+    return " or ".join(f'"{n}"' for n in names)
+
+
+@dataclass(frozen=True)
+class DspyOptions:
+    """The dspy method's options (method.dspy): which DSPy optimizer, scored by which metric, with what budget.
+
+    None means "not given" where the default depends on the optimizer (auto, num_candidate_programs) or where
+    the option is refused unless the optimizer or metric uses it: an option that would be silently ignored
+    is an error, as lora_r is with lora false."""
+
+    optimizer: str = "bootstrap_few_shot"
+    metric: str = "contains"
+    judge_model: str | None = None  # a model id or alias: required for llm_judge, allowed for semantic_f1
+    auto: str | None = None  # mipro_v2 and gepa only (default "light" for them)
+    max_bootstrapped_demos: int = 4
+    max_labeled_demos: int = 4
+    num_candidate_programs: int | None = None  # random search (default 4), or mipro_v2 with auto null
+    num_trials: int | None = None  # mipro_v2 with auto null
+    seed: int | None = None
+    time_budget_s: int | None = None  # None: no time budget
+    max_tokens: int = 128  # the cap on each LM call's output
+    # where the values came from in the request, for each error's `param`
+    param_prefix: str = field(default="method.dspy", kw_only=True, compare=False, repr=False)
+
+    def param(self, name: str) -> str:
+        return f"{self.param_prefix}.{name}"
+
+    def __post_init__(self) -> None:
+        p, put = self.param, lambda name, value: object.__setattr__(self, name, value)
+        _one_of("optimizer", self.optimizer, DSPY_OPTIMIZERS, p("optimizer"))
+        _one_of("metric", self.metric, DSPY_METRICS, p("metric"))
+        _one_of("auto", self.auto, DSPY_AUTO, p("auto"), nullable=True)
+        jm = self.judge_model
+        if jm is not None and (not isinstance(jm, str) or not jm.strip() or len(jm) > MAX_JUDGE_MODEL or "\0" in jm):
+            raise ValidationError(f"judge_model must be a non-empty model id of at most {MAX_JUDGE_MODEL} "
+                                  f"characters without NUL, or null; got {_short(jm)}", param=p("judge_model"))
+        for name, lo, hi, nullable in (("max_bootstrapped_demos", 0, 16, False), ("max_labeled_demos", 0, 16, False),
+                                       ("num_candidate_programs", 1, 32, True), ("num_trials", 1, 200, True),
+                                       ("seed", 0, 2**31 - 1, True), ("time_budget_s", 10, 86400, True),
+                                       ("max_tokens", 16, 1024, False)):
+            put(name, _int(name, getattr(self, name), lo, hi, p(name), nullable=nullable))
+        # options the chosen metric or optimizer would not use are refused, not ignored
+        if self.metric == "llm_judge" and jm is None:
+            raise ValidationError('judge_model is required with metric "llm_judge" (the model that grades each '
+                                  "answer)", param=p("judge_model"))
+        if jm is not None and self.metric not in DSPY_JUDGE_METRICS:
+            raise ValidationError(f"judge_model is only used by metric {_quoted(DSPY_JUDGE_METRICS)}, not "
+                                  f"{self.metric!r}; remove it, or change the metric", param=p("judge_model"))
+        opt = self.optimizer
+        if self.auto is not None and opt not in DSPY_AUTO_OPTIMIZERS:
+            raise ValidationError(f"auto is only used by optimizer {_quoted(DSPY_AUTO_OPTIMIZERS)}, not {opt!r}; "
+                                  "remove it, or change the optimizer", param=p("auto"))
+        if self.num_trials is not None and opt != "mipro_v2":
+            raise ValidationError(f'num_trials is only used by optimizer "mipro_v2", not {opt!r}; remove it, or '
+                                  "change the optimizer", param=p("num_trials"))
+        if self.num_candidate_programs is not None and opt not in ("bootstrap_few_shot_with_random_search",
+                                                                   "mipro_v2"):
+            raise ValidationError('num_candidate_programs is only used by optimizer '
+                                  '"bootstrap_few_shot_with_random_search" or "mipro_v2", not '
+                                  f"{opt!r}; remove it, or change the optimizer", param=p("num_candidate_programs"))
+        if opt == "mipro_v2":
+            given = [n for n in ("num_candidate_programs", "num_trials") if getattr(self, n) is not None]
+            if self.auto is not None and given:
+                raise ValidationError(f'optimizer "mipro_v2": give auto, or num_candidate_programs and num_trials, '
+                                      f"not both (got auto {self.auto!r} and {given[0]})", param=p(given[0]))
+            if self.auto is None and len(given) == 1:
+                missing = "num_trials" if given == ["num_candidate_programs"] else "num_candidate_programs"
+                raise ValidationError(f'optimizer "mipro_v2" with auto null needs both num_candidate_programs and '
+                                      f"num_trials; {missing} is missing (or give auto instead of {given[0]})",
+                                      param=p(missing))
+
+    @classmethod
+    def allowed_keys(cls) -> tuple[str, ...]:
+        return RESOLVED_KEYS["dspy"]
+
+    @classmethod
+    def from_dict(cls, raw: Any, param: str = "method.dspy") -> DspyOptions:
+        """From a request's JSON: `param` is where the object sits. None (or a missing key) means the default."""
+        if raw is None:
+            return cls(param_prefix=param)
+        if not isinstance(raw, dict):
+            raise ValidationError(f"{param} must be an object, got {_short(raw)}", param=param)
+        allowed = cls.allowed_keys()
+        unknown = sorted(k for k in raw if k not in allowed)
+        if unknown:
+            names = ", ".join(_short(k) for k in unknown[:10]) + (f" and {len(unknown) - 10} more"
+                                                                  if len(unknown) > 10 else "")
+            hint = ""
+            if "hyperparameters" in unknown:
+                hint = " (the dspy method's options sit directly in method.dspy, not in a hyperparameters object)"
+            raise ValidationError(f"unknown option(s) in {param}: {names}; allowed: {', '.join(allowed)}{hint}",
+                                  param=f"{param}.{unknown[0]}"[:200])
+        for name in raw:
+            if raw[name] is None and name not in DSPY_NULLABLE:
+                raise ValidationError(f"{name} may not be null; leave it out for its default", param=f"{param}.{name}")
+        return cls(**raw, param_prefix=param)
+
+    def resolve(self, n_examples: int) -> dict[str, Any]:
+        """Every key present, in RESOLVED_KEYS["dspy"] order, defaults filled in (n_examples is not used: the
+        signature is Hyperparameters.resolve's)."""
+        auto = self.auto
+        if auto is None and self.optimizer in DSPY_AUTO_OPTIMIZERS and self.num_trials is None:
+            auto = DEFAULT_DSPY_AUTO
+        ncp = self.num_candidate_programs
+        if ncp is None and self.optimizer == "bootstrap_few_shot_with_random_search":
+            ncp = DEFAULT_NUM_CANDIDATE_PROGRAMS
+        return {
+            "optimizer": self.optimizer, "metric": self.metric, "judge_model": self.judge_model, "auto": auto,
+            "max_bootstrapped_demos": self.max_bootstrapped_demos, "max_labeled_demos": self.max_labeled_demos,
+            "num_candidate_programs": ncp, "num_trials": self.num_trials, "seed": self.seed,
+            "time_budget_s": self.time_budget_s, "max_tokens": self.max_tokens,
+        }
+
+
 HYPERPARAMETERS: dict[str, type[Hyperparameters]] = {"supervised": SupervisedHyperparameters,
                                                      "dpo": DpoHyperparameters}
 # the keys of resolve()'s dict, per method (what JobCreated stores and the training worker reads)
 RESOLVED_KEYS = {
     "supervised": (*OPENAI_KEYS, *EXTENSION_KEYS),
     "dpo": (*OPENAI_KEYS, "beta", *EXTENSION_KEYS),
+    "dspy": ("optimizer", "metric", "judge_model", "auto", "max_bootstrapped_demos", "max_labeled_demos",
+             "num_candidate_programs", "num_trials", "seed", "time_budget_s", "max_tokens"),
 }
 
 
-def parse_method(raw: Any, legacy_hyperparameters: Any) -> tuple[str, Hyperparameters]:
-    """`method` as OpenAI spells it (supervised or dpo), or the legacy top-level `hyperparameters`."""
+def parse_method(raw: Any, legacy_hyperparameters: Any) -> tuple[str, Hyperparameters | DspyOptions]:
+    """`method` as OpenAI spells it (supervised or dpo) or tunelog's dspy, or the legacy top-level
+    `hyperparameters`. Supervised and dpo give their Hyperparameters; dspy its DspyOptions (both `resolve(n)`)."""
     if raw is None:
         return "supervised", SupervisedHyperparameters.from_dict(legacy_hyperparameters)
     if not isinstance(raw, dict):
@@ -283,7 +424,7 @@ def parse_method(raw: Any, legacy_hyperparameters: Any) -> tuple[str, Hyperparam
         raise ValidationError(f"method type {mtype!r} is not supported yet by this server", param="method.type",
                               code="unsupported_method")
     if not isinstance(mtype, str) or mtype not in METHODS:
-        raise ValidationError(f"method.type must be one of \"supervised\", \"dpo\"; got {_short(mtype)}",
+        raise ValidationError(f"method.type must be one of \"supervised\", \"dpo\", \"dspy\"; got {_short(mtype)}",
                               param="method.type")
     for key, value in raw.items():
         if key == "type" or key == mtype:
@@ -294,9 +435,14 @@ def parse_method(raw: Any, legacy_hyperparameters: Any) -> tuple[str, Hyperparam
             continue
         raise ValidationError(f"unknown key in method: {_short(key)}; allowed: type, {mtype}",
                               param=f"method.{key}"[:200])
+    if legacy_hyperparameters is not None and mtype == "dspy":
+        raise ValidationError("the top-level hyperparameters (deprecated) do not apply to method \"dspy\"; give its "
+                              "options in method.dspy", param="hyperparameters")
     if legacy_hyperparameters is not None:
         raise ValidationError(f"hyperparameters are given both at the top level (deprecated) and in method; "
                               f"give them in method.{mtype}.hyperparameters only", param="hyperparameters")
+    if mtype == "dspy":
+        return mtype, DspyOptions.from_dict(raw.get(mtype), param="method.dspy")
     inner = raw.get(mtype)
     if inner is None:
         inner = {}

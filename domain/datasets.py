@@ -1,8 +1,10 @@
 """Fine-tuning data checks, with the OpenAI cookbook's error categories and line numbers.
 
 Two of OpenAI's JSONL formats: chat (`{"messages": [...]}`, for supervised fine-tuning) and preference
-(`{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}`, for DPO).
-`check_jsonl` tells them apart by the first example and checks the file as that format.
+(`{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}`, for DPO), and
+tunelog's DSPy examples (`{"question": ..., "answer": ..., "context": ..., "metadata": {...}}`, for the dspy
+method). `check_jsonl` tells them apart by the first example and checks the file as that format;
+`dspy_examples` reads the question/answer pairs of a checked chat or DSPy file.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ EXAMPLE_KEYS = {"messages", "tools", "functions", "parallel_tool_calls", "metada
 PREFERENCE_KEYS = {"input", "preferred_output", "non_preferred_output"}
 INPUT_KEYS = {"messages", "tools", "parallel_tool_calls"}
 OUTPUT_MESSAGE_KEYS = {"role", "content", "name"}
-FORMATS = ("chat", "preference")
+DSPY_KEYS = {"question", "answer", "context", "metadata"}
+MAX_DSPY_CONTEXT = 50  # strings in a DSPy example's context list
+FORMATS = ("chat", "preference", "dspy")
 
 # category -> human text, in the cookbook's words
 CATEGORIES = {
@@ -44,6 +48,12 @@ CATEGORIES = {
     "invalid_preferred_output": "preferred_output must hold assistant messages with text content",
     "missing_non_preferred_output": "missing a \"non_preferred_output\" list of assistant messages",
     "invalid_non_preferred_output": "non_preferred_output must hold assistant messages with text content",
+    # the DSPy example format
+    "missing_question": "missing a non-empty \"question\" string",
+    "missing_answer": "missing a non-empty \"answer\" string",
+    "invalid_context": f"context must be a string or a list of at most {MAX_DSPY_CONTEXT} strings",
+    # a chat file read for the dspy method (dspy_examples)
+    "no_question": "the last assistant message must have text and follow a user message with text",
 }
 
 
@@ -69,7 +79,7 @@ class DatasetReport:
     max_tokens: int = 0
     errors: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     details: dict[tuple[str, int], str] = field(default_factory=dict)  # (category, line): the first detail
-    format: str = "chat"  # "chat" | "preference"
+    format: str = "chat"  # "chat" | "preference" | "dspy"
 
     def add(self, category: str, line: int, detail: str = "") -> None:
         self.errors[category].append(line)
@@ -156,7 +166,8 @@ def _count(report: DatasetReport, lineno: int, n: int, max_tokens: int, total: i
         report.add("too_long", lineno, f"{n} tokens > {max_tokens}")
 
 
-def _raise_if_any(report: DatasetReport, min_examples: int) -> DatasetReport:
+def _problems(report: DatasetReport) -> list[str]:
+    """One bounded text per category: its words, its name, its first 10 line numbers, its first line's detail."""
     problems = []
     for category, lines in report.errors.items():
         shown = ", ".join(str(n) for n in lines[:10]) + (f" and {len(lines) - 10} more" if len(lines) > 10 else "")
@@ -165,6 +176,11 @@ def _raise_if_any(report: DatasetReport, min_examples: int) -> DatasetReport:
         if first:
             extra = f" (line {lines[0]}: {first})"
         problems.append(f"{CATEGORIES[category]} [{category}] on line(s) {shown}{extra}")
+    return problems
+
+
+def _raise_if_any(report: DatasetReport, min_examples: int) -> DatasetReport:
+    problems = _problems(report)
     if report.n_examples < min_examples and not (report.errors.get("invalid_json") or report.errors.get("too_deep")):
         problems.append(f"the file has {report.n_examples} example(s); at least {min_examples} are required "
                         "[too_few_examples]")
@@ -265,9 +281,70 @@ def check_preference_jsonl(
     return _raise_if_any(report, min_examples)
 
 
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _check_dspy_fields(ex: dict[str, Any], lineno: int, report: DatasetReport) -> bool:
+    """A DSPy example's question, answer and context (its keys are checked by the caller)."""
+    ok = True
+    for name in ("question", "answer"):
+        if not _text(ex.get(name)):
+            report.add(f"missing_{name}", lineno, "" if name not in ex else f"got {_short(ex.get(name))}")
+            ok = False
+    if "context" in ex:
+        context = ex["context"]
+        problem = ""
+        if isinstance(context, list):
+            if len(context) > MAX_DSPY_CONTEXT:
+                problem = f"got a list of {len(context)}"
+            else:
+                bad = next((i for i, c in enumerate(context) if not isinstance(c, str)), None)
+                if bad is not None:
+                    problem = f"item {bad} is {_short(context[bad])}, not a string"
+        elif not isinstance(context, str):
+            problem = f"got {_short(context)}"
+        if problem:
+            report.add("invalid_context", lineno, problem)
+            ok = False
+    return ok
+
+
+def _dspy_context(ex: dict[str, Any]) -> list[str]:
+    context = ex.get("context")
+    if context is None:
+        return []
+    return [context] if isinstance(context, str) else list(context)
+
+
+def check_dspy_jsonl(
+    content: bytes,
+    *,
+    min_examples: int,
+    max_tokens: int,
+    count_tokens: CountTokens | None = None,
+) -> DatasetReport:
+    """tunelog's DSPy example format, checked as check_chat_jsonl checks chat: every problem of every line.
+
+    An example's size is the conversation a chat model would see: the question (then the context strings, one
+    a line) as the user's message, and the answer as the assistant's."""
+    report = DatasetReport(format="dspy")
+    for lineno, ex in _objects(_decode(content), report):
+        unknown = set(ex) - DSPY_KEYS
+        if unknown:
+            report.add("unrecognized_example_key", lineno, ", ".join(sorted(unknown)))
+        ok = _check_dspy_fields(ex, lineno, report)
+        if ok and count_tokens is not None:
+            user = "\n".join([ex["question"], *_dspy_context(ex)])
+            _count(report, lineno, count_tokens([{"role": "user", "content": user},
+                                                 {"role": "assistant", "content": ex["answer"]}]), max_tokens)
+    return _raise_if_any(report, min_examples)
+
+
 def detect_format(content: bytes) -> str:
-    """The file's format, "chat" or "preference", from the first non-blank line that is a JSON object:
-    `messages` makes it chat; `input`, `preferred_output` or `non_preferred_output` preference; else chat."""
+    """The file's format, "chat", "preference" or "dspy", from the first non-blank line that is a JSON object:
+    `messages` makes it chat; else `question` or `answer` dspy; else `input`, `preferred_output` or
+    `non_preferred_output` preference; else chat."""
     text = content.decode("utf-8-sig", errors="replace")  # an undecodable file is refused by the check itself
     for _lineno, raw in _lines(text):
         if not raw.strip():
@@ -277,6 +354,8 @@ def detect_format(content: bytes) -> str:
             continue
         if "messages" in ex:
             return "chat"
+        if "question" in ex or "answer" in ex:
+            return "dspy"
         if "input" in ex or "preferred_output" in ex or "non_preferred_output" in ex:
             return "preference"
         return "chat"
@@ -290,6 +369,63 @@ def check_jsonl(
     max_tokens: int,
     count_tokens: CountTokens | None = None,
 ) -> DatasetReport:
-    """Check a file in whichever of the two formats its first example is; `stats()["format"]` says which."""
-    check = check_preference_jsonl if detect_format(content) == "preference" else check_chat_jsonl
+    """Check a file in whichever of the three formats its first example is; `stats()["format"]` says which."""
+    check = {"chat": check_chat_jsonl, "preference": check_preference_jsonl,
+             "dspy": check_dspy_jsonl}[detect_format(content)]
     return check(content, min_examples=min_examples, max_tokens=max_tokens, count_tokens=count_tokens)
+
+
+def _chat_pair(messages: Any, lineno: int, report: DatasetReport) -> tuple[str, str] | None:
+    """(question, answer) of a chat example: the last assistant message's text, and the text of the last user
+    message before it. None (and a `no_question` problem) where the example has no such pair."""
+    if not isinstance(messages, list):
+        report.add("no_question", lineno, "no messages list")
+        return None
+    last = next((i for i in range(len(messages) - 1, -1, -1)
+                 if isinstance(messages[i], dict) and messages[i].get("role") == "assistant"), None)
+    if last is None:
+        report.add("no_question", lineno, "no assistant message")
+        return None
+    if not _text(messages[last].get("content")):
+        report.add("no_question", lineno, f"message {last} (the last assistant message) has no text")
+        return None
+    user = next((i for i in range(last - 1, -1, -1)
+                 if isinstance(messages[i], dict) and messages[i].get("role") == "user"), None)
+    if user is None:
+        report.add("no_question", lineno, f"no user message before message {last} (the last assistant message)")
+        return None
+    if not _text(messages[user].get("content")):
+        report.add("no_question", lineno, f"message {user} (the question) has no text")
+        return None
+    return messages[user]["content"], messages[last]["content"]
+
+
+def dspy_examples(content: bytes) -> list[dict[str, Any]]:
+    """The examples of a file already checked (check_jsonl) in chat or DSPy format, for the dspy method:
+    `{"question": str, "context": list[str], "answer": str, "line": int}` each, in file order.
+
+    A DSPy example is taken as it is (a string context is a one-item list; none is []). A chat example's answer
+    is its last assistant message, its question the last user message before that (earlier turns and the system
+    message are not used), its context []. Every line without such a pair is refused, all of them in one error
+    (`no_question`, with line numbers); so is a line the check would have refused. A preference file is refused."""
+    fmt = detect_format(content)
+    if fmt == "preference":
+        raise ValidationError("the dspy method needs a training file in chat format ({\"messages\": [...]}) or "
+                              "DSPy example format ({\"question\": ..., \"answer\": ...}); this file is in "
+                              "preference (DPO) format", param="training_file", code="invalid_file_format")
+    report = DatasetReport(format=fmt)
+    examples: list[dict[str, Any]] = []
+    for lineno, ex in _objects(_decode(content), report):
+        if fmt == "dspy":
+            if _check_dspy_fields(ex, lineno, report):
+                examples.append({"question": ex["question"], "context": _dspy_context(ex), "answer": ex["answer"],
+                                 "line": lineno})
+            continue
+        pair = _chat_pair(ex.get("messages"), lineno, report)
+        if pair is not None:
+            examples.append({"question": pair[0], "context": [], "answer": pair[1], "line": lineno})
+    problems = _problems(report)
+    if problems:
+        raise ValidationError("Invalid training file for the dspy method: " + "; ".join(problems),
+                              param="training_file", code="invalid_file_format")
+    return examples
