@@ -10,7 +10,20 @@ from flask import Flask
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     import logging
 
-    from api import admin, auth, chat, errors, health, job_control, knowledge, limits, openai_compat, registry, web
+    from api import (
+        admin,
+        auth,
+        chat,
+        errors,
+        health,
+        job_control,
+        knowledge,
+        limits,
+        openai_compat,
+        programs,
+        registry,
+        web,
+    )
     from api.exports import register as register_exports
     from eventlog import settings as settings_mod
     from eventlog.bootstrap import bootstrap
@@ -39,6 +52,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(knowledge.bp)
     app.register_blueprint(registry.bp)
     app.register_blueprint(chat.bp)
+    app.register_blueprint(programs.bp)  # DSPy programs: export and import
     register_exports(app)  # /api/models/<id>/export(s), DELETE /v1/models/<id>
     app.register_blueprint(web.bp)
     if os.environ.get("TUNELOG_PRELOAD_MODELS") == "1":
@@ -53,9 +67,9 @@ def _preload(s) -> None:
 
     def load() -> None:
         try:
-            from api.generation import server
             from eventlog.catalog import BASE_MODELS
             from eventlog.embeddings import embedder
+            from eventlog.generation import server
 
             embedder().encode(["warm up"])
             for base in BASE_MODELS:

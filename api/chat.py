@@ -242,6 +242,39 @@ def _delegated(project: str, resolved: ResolvedModel):
     return found[0], found[1], project_settings
 
 
+def _program_of(project: str, resolved: ResolvedModel) -> tuple[dict[str, Any], ResolvedModel]:
+    """A DSPy program's checked state (from Postgres, by the hash its lineage names) and the chat model it runs
+    on; 409 if that model was deleted since (the program is only as good as the model it was optimized on)."""
+    from domain.errors import NotFound
+    from eventlog.programs import check_state
+
+    with svc().pool.connection() as c:
+        row = c.execute("SELECT m.lineage ->> 'program_sha256' AS sha, b.content FROM models m LEFT JOIN blobs b "
+                        "ON b.sha256 = m.lineage ->> 'program_sha256' WHERE m.id = %s AND m.project = %s",
+                        (resolved.id, project)).fetchone()
+    if row is None or row["content"] is None:
+        raise ServiceUnavailable(f"the program of {resolved.id!r} is missing from the store")
+    state = check_state(bytes(row["content"]))
+    try:
+        runner = resolve(project, resolved.base_model)
+    except NotFound:
+        raise Conflict(f"the program {resolved.id!r} runs on {resolved.base_model!r}, which was deleted; optimize it "
+                       "again on another model (POST /v1/fine_tuning/jobs/{job}/rerun)", param="model",
+                       code="model_not_available") from None
+    return state, runner
+
+
+def program_prompt(state: dict[str, Any], messages: list[dict[str, str]],
+                   sources: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The program's prompt for the latest question, the retrieved passages as its context (a program answers
+    one question: earlier turns are not part of its signature)."""
+    from eventlog.programs import render
+
+    question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    own = "\n".join(m["content"] for m in messages if m["role"] == "system" and m["content"])
+    return render(state, question, [f"({s['title']}) {s['text']}" for s in sources], own)
+
+
 def _record(resolved: ResolvedModel, req: dict[str, Any], chat_id: str, sources: list, gen, started: float,
             created: int, principal, request_meta: dict[str, Any], cmd: ChatCommand,
             body: dict[str, Any], redactions: dict[str, Any] | None = None) -> AppendResult:
@@ -264,7 +297,7 @@ def chat_completions():
     per Idempotency-Key, slots per key and in all, the context window, the wait for the model, and the
     generation's time; every slot is released in `finally` or when the response closes (client gone)."""
     from api import limits
-    from api.generation import Generation, server
+    from eventlog.generation import Generation, server
 
     started = time.perf_counter()
     principal = g.principal
@@ -286,21 +319,27 @@ def chat_completions():
                 return _replay(prior, req["stream"], req["include_usage"])
         resolved = resolve(principal.project, req["model"])
         s = svc().settings
-        remote = _delegated(principal.project, resolved)  # (provider, remote model, settings) or None
+        # a DSPy program answers through the chat model it was optimized on, with its own prompt
+        program, runner = _program_of(principal.project, resolved) if resolved.backend == "dspy-program" \
+            else (None, resolved)
+
+        def prompt_for(found: list[dict[str, Any]]) -> list[dict[str, str]]:
+            return program_prompt(program, req["messages"], found) if program else build_prompt(req["messages"], found)
+
+        remote = _delegated(principal.project, runner)  # (provider, remote model, settings) or None
         model_server = server(s.model_dir, s.data_dir) if remote is None else None
         # the prompt without passages is a lower bound: refuse what cannot fit before any retrieval (a provider
         # checks its own context window)
         if model_server is not None:
-            check_context(model_server, resolved.base_model, build_prompt(req["messages"], []), req["max_tokens"],
-                          lim.context_tokens)
+            check_context(model_server, runner.base_model, prompt_for([]), req["max_tokens"], lim.context_tokens)
         cleanup.callback(limits.acquire("chat").release)
         query = next((m["content"] for m in reversed(req["messages"]) if m["role"] == "user"), "")
         t_resolve = time.perf_counter()
         sources = retrieve(principal.project, query, req["top_k"]) if req["retrieval"] and query.strip() else []
         t_retrieve = time.perf_counter()
-        prompt = build_prompt(req["messages"], sources)
+        prompt = prompt_for(sources)
         if sources and model_server is not None:  # now exactly, passages included
-            check_context(model_server, resolved.base_model, prompt, req["max_tokens"], lim.context_tokens)
+            check_context(model_server, runner.base_model, prompt, req["max_tokens"], lim.context_tokens)
         gen = Generation()
         redactions = None
         if remote is not None:
@@ -308,22 +347,29 @@ def chat_completions():
 
             provider, remote_model, project_settings = remote
             pieces, redacted = open_stream(
-                provider, remote_model, resolved.id, prompt, max_tokens=req["max_tokens"],
+                provider, remote_model, runner.id, prompt, max_tokens=req["max_tokens"],
                 temperature=req["temperature"], top_p=req["top_p"], seed=req["seed"], result=gen,
                 roster=project_settings.pii_roster, time_limit=lim.generation_seconds)
             redactions = {"provider": provider.name, **redacted.to_dict()}
         else:
             pieces = model_server.stream(
-                base_id=resolved.base_model, model_id=resolved.id, artifact_path=resolved.artifact_path,
+                base_id=runner.base_model, model_id=runner.id, artifact_path=runner.artifact_path,
                 messages=prompt, max_tokens=req["max_tokens"], temperature=req["temperature"], top_p=req["top_p"],
                 seed=req["seed"], result=gen, queue_timeout=lim.queue_seconds, time_limit=lim.generation_seconds)
         cleanup.callback(pieces.close)
+        if program is not None:  # the answer field of DSPy's format; generation stops at its end marker
+            from eventlog.programs import AnswerFilter
+
+            counter = model_server.tokenizer(runner.base_model) if model_server is not None else None
+            pieces = AnswerFilter(pieces, pieces.close, result=gen, tokenizer=counter)
         chat_id = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = now()
         meta = metadata(chat_id)
         extra = {"sources": _public_sources(sources),
                  "tunelog": {"chat_id": chat_id, "model": resolved.id, "alias": resolved.alias,
                              "retrieval": req["retrieval"]}}
+        if program is not None:
+            extra["tunelog"]["program"] = {"runs_on": runner.id, "demos": len(program["respond"]["demos"])}
         gone = limits.disconnect_probe()
     except BaseException:
         cleanup.close()

@@ -115,6 +115,9 @@ def request_export(model_id: str):
     export_id = "export-" + uuid.uuid4().hex[:24]
     for _ in range(10):
         events, reg = _live_model(model_id)
+        if reg.get("backend") == "dspy-program":
+            raise ValidationError(f"{model_id!r} is a DSPy program: it has no weights; its JSON state is at "
+                                  f"GET /api/models/{model_id}/program", param="model", code="unsupported_format")
         if reg.get("backend") == "provider":
             raise ValidationError(f"{model_id!r} was trained by a delegated provider, which keeps its weights: there "
                                   "is nothing here to export (re-run its job on a local model to own the weights)",

@@ -25,7 +25,6 @@ Every number comes from the environment (read once by create_app), so tests and 
 """
 from __future__ import annotations
 
-import math
 import os
 import select
 import socket
@@ -38,22 +37,11 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app, g, request
 
-from domain.errors import Conflict, DomainError
+from domain.errors import Conflict, DomainError, TooManyRequests  # noqa: F401 (TooManyRequests: re-exported)
 
 DEFAULT_WEB_THREADS = 32
 EXEMPT = {"/healthz", "/metrics"}
 CHAT_ENDPOINT = "chat.chat_completions"
-
-
-class TooManyRequests(DomainError):
-    """A limit was hit: 429 with Retry-After (whole seconds) and an OpenAI-shaped rate_limit_error."""
-
-    status = 429
-    code = "rate_limit_exceeded"
-
-    def __init__(self, message: str, retry_after: float, code: str | None = None, param: str | None = None):
-        super().__init__(message, param=param, code=code)
-        self.retry_after = max(1, math.ceil(retry_after))
 
 
 class RequestInProgress(Conflict):

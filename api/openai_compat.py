@@ -287,9 +287,6 @@ def _resolve_model(model: Any) -> tuple[str, int | None]:
             raise ValidationError(f"model {model!r}: its config.json is not a readable model configuration "
                                   f"({type(e).__name__})", param="model", code="model_not_available") from None
         return "hf-lora", context
-    if model == "dspy":
-        raise ValidationError(f"model {model!r}: this backend is not enabled on this server yet", param="model",
-                              code="model_not_available")
     known = ", ".join(sorted(BASE_MODELS))
     raise ValidationError(f"model {model!r} does not exist or cannot be fine-tuned here; trainable models: "
                           f"{known}, or hf/<path to a local model folder>", param="model", code="model_not_available")
@@ -301,7 +298,11 @@ RERUN_KEYS = {"model", "suffix", "seed", "metadata", "method", "hyperparameters"
 # the dataset format each method trains on (domain/datasets.py), and how a message names it
 METHOD_FORMAT = {"supervised": "chat", "dpo": "preference"}
 FORMAT_NAMES = {"chat": "chat format (messages)",
-                "preference": "OpenAI's preference format (input, preferred_output, non_preferred_output)"}
+                "preference": "OpenAI's preference format (input, preferred_output, non_preferred_output)",
+                "dspy": "DSPy example format (question, answer, optional context)"}
+DSPY_FORMATS = ("chat", "dspy")  # a DSPy job reads question/answer pairs from either
+DSPY_MIN_EXAMPLES = 4
+DSPY_MAX_EXAMPLES = 2000  # each example costs LM calls in every evaluation
 
 
 def file_format(row: dict[str, Any]) -> str:
@@ -375,7 +376,10 @@ def rerun_job(job_id: str):
                             "validation_file": old["validation_file"], "seed": old["seed"], "suffix": old["suffix"],
                             "metadata": old["metadata"]}
     mtype = (old["method"] or {}).get("type", "supervised")
-    if "method" not in patch and "hyperparameters" not in patch:
+    if mtype == "dspy" and "method" not in patch:  # the same optimization, on another chat model
+        body["method"] = {"type": "dspy", "dspy": {k: v for k, v in (old["method"].get("dspy") or {}).items()
+                                                   if v is not None}}
+    elif "method" not in patch and "hyperparameters" not in patch:
         hp = {k: v for k, v in (old["hyperparameters"] or {}).items()
               if k in OPENAI_PORTABLE_KEYS or (k == "beta" and mtype == "dpo")}
         body["method"] = {"type": mtype, mtype: {"hyperparameters": hp}}
@@ -400,42 +404,19 @@ def _job_body(allowed: set[str]) -> dict[str, Any]:
 
 
 def _create_job(p, body: dict[str, Any], idem: Idempotent, rerun_of: str | None = None):
+    raw_method = body.get("method")
+    if isinstance(raw_method, dict) and raw_method.get("type") == "dspy":
+        return _create_dspy_job(p, body, idem, rerun_of)
     backend, context_length = _resolve_model(body.get("model"))
     if backend == "provider":
         _check_delegation(p.project, body["model"])
-    if not isinstance(body.get("training_file"), str):
-        raise ValidationError("training_file is required (an uploaded file id)", param="training_file")
-    if body.get("validation_file") is not None and not isinstance(body["validation_file"], str):
-        raise ValidationError("validation_file must be an uploaded file id", param="validation_file")
-    train = _get_file(body["training_file"], param="training_file")
-    valid = _get_file(body["validation_file"], param="validation_file") if body.get("validation_file") else None
-    for f, param in ((train, "training_file"), (valid, "validation_file")):
-        if f is not None and f["purpose"] != "fine-tune":
-            raise ValidationError(f"{param} {f['id']} has purpose {f['purpose']!r}, not 'fine-tune'", param=param)
-        if f is not None and context_length and (f["stats"].get("max_tokens") or 0) > context_length:
-            raise ValidationError(f"{param} {f['id']} has an example of {f['stats']['max_tokens']} tokens, over "
-                                  f"the model's context length of {context_length}", param=param)
+    train, valid = _job_files(body, context_length)
     n_train = train["stats"].get("n_examples") or 0
     if n_train < svc().settings.min_examples:
         raise ValidationError(f"training_file {train['id']} has {n_train} example(s); at least "
                               f"{svc().settings.min_examples} are required [too_few_examples]",
                               param="training_file", code="invalid_file_format")
-    suffix = body.get("suffix")
-    if suffix is not None and (not isinstance(suffix, str) or not SUFFIX_RE.match(suffix)):
-        raise ValidationError("suffix must be 1-64 characters of letters, digits, '-' or '_'", param="suffix")
-    seed = body.get("seed")
-    if seed is None:
-        seed = random.randint(0, 2**31 - 1)
-    elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
-        raise ValidationError("seed must be an integer between 0 and 2147483647", param="seed")
-    meta = body.get("metadata")
-    if meta is not None and (not isinstance(meta, dict) or len(meta) > 16 or
-                             not all(isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
-                                     and storable(k) and storable(v) for k, v in meta.items())):
-        raise ValidationError("metadata must be an object of at most 16 string keys (<= 64 chars) and "
-                              "string values (<= 512 chars), without NUL", param="metadata")
-    if body.get("integrations"):
-        raise ValidationError("integrations are not supported", param="integrations")
+    suffix, seed, meta = _job_fields(body)
     method_type, hp = parse_method(body.get("method"), body.get("hyperparameters"))
     job_id = "ftjob-" + uuid.uuid4().hex[:24]
     extra: list[Append] = []
@@ -462,6 +443,120 @@ def _create_job(p, body: dict[str, Any], idem: Idempotent, rerun_of: str | None 
     return append_and_respond(idem, 200, job_object(state), lambda cmd: svc().store.append_many(
         [Append(job_stream(job_id), 0, [NewEvent(ev.type, ev.to_data(), metadata(job_id)), *follow]), *extra],
         command=cmd))
+
+
+def _job_files(body: dict[str, Any], context_length: int | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The training and validation files a job names: this project's, for fine-tuning, within the context."""
+    if not isinstance(body.get("training_file"), str):
+        raise ValidationError("training_file is required (an uploaded file id)", param="training_file")
+    if body.get("validation_file") is not None and not isinstance(body["validation_file"], str):
+        raise ValidationError("validation_file must be an uploaded file id", param="validation_file")
+    train = _get_file(body["training_file"], param="training_file")
+    valid = _get_file(body["validation_file"], param="validation_file") if body.get("validation_file") else None
+    for f, param in ((train, "training_file"), (valid, "validation_file")):
+        if f is not None and f["purpose"] != "fine-tune":
+            raise ValidationError(f"{param} {f['id']} has purpose {f['purpose']!r}, not 'fine-tune'", param=param)
+        if f is not None and context_length and (f["stats"].get("max_tokens") or 0) > context_length:
+            raise ValidationError(f"{param} {f['id']} has an example of {f['stats']['max_tokens']} tokens, over "
+                                  f"the model's context length of {context_length}", param=param)
+    return train, valid
+
+
+def _job_fields(body: dict[str, Any]) -> tuple[str | None, int, dict[str, str] | None]:
+    """(suffix, seed, metadata) of a job request, checked; a seed is drawn when none is given."""
+    suffix = body.get("suffix")
+    if suffix is not None and (not isinstance(suffix, str) or not SUFFIX_RE.match(suffix)):
+        raise ValidationError("suffix must be 1-64 characters of letters, digits, '-' or '_'", param="suffix")
+    seed = body.get("seed")
+    if seed is None:
+        seed = random.randint(0, 2**31 - 1)
+    elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise ValidationError("seed must be an integer between 0 and 2147483647", param="seed")
+    meta = body.get("metadata")
+    if meta is not None and (not isinstance(meta, dict) or len(meta) > 16 or
+                             not all(isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
+                                     and storable(k) and storable(v) for k, v in meta.items())):
+        raise ValidationError("metadata must be an object of at most 16 string keys (<= 64 chars) and "
+                              "string values (<= 512 chars), without NUL", param="metadata")
+    if body.get("integrations"):
+        raise ValidationError("integrations are not supported", param="integrations")
+    return suffix, seed, meta
+
+
+def _program_runner(project: str, name: Any, param: str):
+    """The chat model a DSPy program runs on (or is judged by): a bundled model, a fine-tuned model of the
+    project, an alias of either (pinned to what it names now), or a delegated provider's model."""
+    from api.registry import resolve
+
+    if not isinstance(name, str) or not name or len(name) > 256 or not storable(name):
+        raise ValidationError(f"{param} is required: the chat model the program runs on (e.g. "
+                              "'smollm2-135m-instruct', a fine-tuned model, or an alias such as 'tutor')", param=param)
+    try:
+        resolved = resolve(project, name)
+    except NotFound:
+        raise ValidationError(f"{param} {name!r} does not exist in this project (nor an alias of that name)",
+                              param=param, code="model_not_available") from None
+    if resolved.backend == "dspy-program":
+        raise ValidationError(f"{param} {name!r} is a DSPy program; a program runs on a chat model: give the model "
+                              f"it runs on ({resolved.base_model!r})", param=param, code="model_not_available")
+    if ":ckpt-step-" in resolved.id:
+        raise ValidationError(f"{param} {name!r} is a checkpoint (checkpoints rotate away); give a model",
+                              param=param, code="model_not_available")
+    if resolved.backend == "provider":
+        _check_delegation(project, resolved.id)
+    return resolved
+
+
+def _dspy_file(f: dict[str, Any], param: str) -> int:
+    """The number of question/answer pairs in a file a DSPy job names (400 with line numbers otherwise)."""
+    from domain.datasets import dspy_examples
+
+    if file_format(f) not in DSPY_FORMATS:
+        raise ValidationError(f"{param} {f['id']} is in {FORMAT_NAMES.get(file_format(f), file_format(f))}; "
+                              f"method \"dspy\" needs question/answer pairs: {FORMAT_NAMES['dspy']} or "
+                              f"{FORMAT_NAMES['chat']}", param=param, code="invalid_file_format")
+    with svc().pool.connection() as c:
+        blob = c.execute("SELECT content FROM blobs WHERE sha256 = %s", (f["sha256"],)).fetchone()
+    try:
+        n = len(dspy_examples(bytes(blob["content"])))
+    except ValidationError as e:
+        raise ValidationError(f"{param} {f['id']}: {e.message}", param=param, code="invalid_file_format") from None
+    low = DSPY_MIN_EXAMPLES if param == "training_file" else 1
+    if not low <= n <= DSPY_MAX_EXAMPLES:
+        raise ValidationError(f"{param} {f['id']} has {n} example(s); a DSPy job takes {low} to "
+                              f"{DSPY_MAX_EXAMPLES} (each costs LM calls in every evaluation)"
+                              + (" [too_few_examples]" if n < low else ""), param=param, code="invalid_file_format")
+    return n
+
+
+def _create_dspy_job(p, body: dict[str, Any], idem: Idempotent, rerun_of: str | None):
+    """method.type "dspy": the tutor program optimized over the chat model `model` (workers/dspy_opt.py)."""
+    runner = _program_runner(p.project, body.get("model"), "model")
+    _method_type, opts = parse_method(body.get("method"), body.get("hyperparameters"))
+    judge = _program_runner(p.project, opts.judge_model, "method.dspy.judge_model") if opts.judge_model else None
+    train, valid = _job_files(body, None)
+    n_train = _dspy_file(train, "training_file")
+    if valid is not None:
+        _dspy_file(valid, "validation_file")
+    suffix, seed, meta = _job_fields(body)
+    if opts.seed is not None:
+        if body.get("seed") is not None and body["seed"] != opts.seed:
+            raise ValidationError(f"seed {body['seed']} and method.dspy.seed {opts.seed} differ; give one",
+                                  param="method.dspy.seed")
+        seed = opts.seed
+    stored = opts.resolve(n_train)
+    stored.update(seed=seed, judge_model=judge.id if judge else None)
+    job_id = "ftjob-" + uuid.uuid4().hex[:24]
+    ev = JobCreated(
+        id=job_id, project=p.project, model=runner.id, backend="dspy", queue="cpu", training_file=train["id"],
+        training_file_sha256=train["sha256"], validation_file=valid["id"] if valid else None,
+        validation_file_sha256=valid["sha256"] if valid else None, hyperparameters=stored,
+        method={"type": "dspy", "dspy": stored}, suffix=suffix, seed=seed, metadata=meta, created_at=now(),
+        rerun_of=rerun_of,
+    )
+    state = fold([(ev.type, ev.to_data(), 1)])
+    return append_and_respond(idem, 200, job_object(state), lambda cmd: svc().store.append(
+        job_stream(job_id), 0, [NewEvent(ev.type, ev.to_data(), metadata(job_id))], command=cmd))
 
 
 def _check_delegation(project: str, model: str) -> None:
@@ -602,6 +697,9 @@ LEVELS = {"JobFailed": "error", "JobAttemptLost": "warn"}
 METRIC_FIELDS = ("step", "total_steps", "epoch", "train_loss", "train_mean_token_accuracy", "valid_loss",
                  "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy", "learning_rate",
                  "tokens_per_second", "estimated_finish")
+# a DSPy job's evaluations (workers/dspy_opt.py): the dev set before (phase "baseline"), each candidate
+# ("search") and the result ("final"); scores in [0, 1]
+DSPY_METRIC_FIELDS = ("trial", "phase", "score", "best_score", "lm_calls", "lm_cache_hits")
 METRIC_LABELS = (("train_loss", "training loss"), ("valid_loss", "validation loss"),
                  ("full_valid_loss", "full validation loss"), ("full_valid_mean_token_accuracy",
                                                                "full validation token accuracy"))
@@ -611,6 +709,13 @@ def event_object(e: dict[str, Any]) -> dict[str, Any]:
     d = e["data"]
     created = int(e["recorded_at"].timestamp())
     base = {"object": "fine_tuning.job.event", "id": f"ftevent-{e['global_position']}", "created_at": created}
+    if e["type"] == "JobProgressed" and d.get("trial") is not None:
+        total = f"/{d['total_steps']}" if d.get("total_steps") else ""
+        label = {"baseline": "dev set before", "final": "dev set after"}.get(d.get("phase"), "candidate")
+        msg = (f"Evaluation {d['trial']}{total} ({label}): score={d['score']:.4f}, best={d['best_score']:.4f}, "
+               f"{d['lm_calls']} LM calls ({d['lm_cache_hits']} from the cache)")
+        data = {k: d.get(k) for k in (*METRIC_FIELDS, *DSPY_METRIC_FIELDS)}
+        return {**base, "level": "info", "message": msg, "type": "metrics", "data": data}
     if e["type"] == "JobProgressed":
         parts = [f"{label}={d[k]:.4f}" for k, label in METRIC_LABELS if isinstance(d.get(k), (int, float))]
         msg = f"Step {d['step']}/{d['total_steps']}: " + ", ".join(parts)
@@ -681,8 +786,8 @@ def _models() -> list[dict[str, Any]]:
         rows = c.execute("SELECT * FROM models WHERE project = %s AND deleted_at IS NULL ORDER BY seq",
                          (g.principal.project,)).fetchall()
     out += [{"id": r["id"], "object": "model", "created": r["created_at"], "owned_by": r["project"],
-             "kind": "fine-tuned", "root": r["base_model"], "parent": r["base_model"], "job_id": r["job_id"],
-             "lineage": r["lineage"]} for r in rows]
+             "kind": "dspy-program" if r["backend"] == "dspy-program" else "fine-tuned", "root": r["base_model"],
+             "parent": r["base_model"], "job_id": r["job_id"], "lineage": r["lineage"]} for r in rows]
     from api.registry import DEFAULT_BASE
     from domain.projects import DEFAULT_ALIAS
 

@@ -170,9 +170,12 @@ def schemas() -> dict[str, Any]:
                 "metadata": {"type": ["object", "null"], "maxProperties": 16,
                              "propertyNames": {"maxLength": 64},
                              "additionalProperties": {"type": "string", "maxLength": 512}},
-                "method": {"oneOf": [{"type": "null"}, _ref("SupervisedMethod"), _ref("DpoMethod")],
+                "method": {"oneOf": [{"type": "null"}, _ref("SupervisedMethod"), _ref("DpoMethod"),
+                                     _ref("DspyMethod")],
                            "description": "supervised trains on a chat-format file, dpo on a preference-format "
-                                          "one (training_file and validation_file alike)"},
+                                          "one (training_file and validation_file alike); dspy optimizes the tutor "
+                                          "program over the chat model `model` (any model or alias this project "
+                                          "can chat with) on question/answer pairs (DspyExample or chat format)"},
                 "hyperparameters": {"oneOf": [_ref("Hyperparameters"), {"type": "null"}],
                                     "description": "deprecated (OpenAI's): the supervised method's three; not "
                                                    "together with method"},
@@ -184,6 +187,35 @@ def schemas() -> dict[str, Any]:
         "Hyperparameters": {"type": "object", "additionalProperties": False, "properties": OPENAI_HP},
         "SupervisedMethod": _method("supervised", "SupervisedHyperparameters"),
         "DpoMethod": _method("dpo", "DpoHyperparameters"),
+        "DspyMethod": {"type": "object", "required": ["type"], "additionalProperties": False, "properties": {
+            "type": {"const": "dspy"}, "dspy": {"oneOf": [_ref("DspyOptions"), {"type": "null"}]}}},
+        "DspyOptions": {"type": "object", "additionalProperties": False, "properties": {
+            "optimizer": {"enum": ["bootstrap_few_shot", "bootstrap_few_shot_with_random_search", "mipro_v2",
+                                   "gepa"], "default": "bootstrap_few_shot"},
+            "metric": {"enum": ["exact_match", "contains", "f1", "semantic_f1", "llm_judge"], "default": "contains"},
+            "judge_model": {"type": ["string", "null"], "maxLength": 256,
+                            "description": "the model that judges (llm_judge: required; semantic_f1: optional)"},
+            "auto": {"enum": ["light", "medium", "heavy", None], "description": "mipro_v2 and gepa only"},
+            "max_bootstrapped_demos": _int_range(0, 16, description="default 4"),
+            "max_labeled_demos": _int_range(0, 16, description="default 4"),
+            "num_candidate_programs": _int_range(1, 32, nullable=True, description=(
+                "random search: candidates besides DSPy's three baselines (default 4); mipro_v2 with auto null")),
+            "num_trials": _int_range(1, 200, nullable=True, description="mipro_v2 with auto null"),
+            "seed": _int_range(0, 2**31 - 1, nullable=True, description="the job's seed when not given"),
+            "time_budget_s": _int_range(10, 86400, nullable=True, description=(
+                "stop the search after this long; the best candidate so far is the result")),
+            "max_tokens": _int_range(16, 1024, description="the cap on each LM call's output (default 128)")}},
+        "DspyExample": {**_obj(["question", "answer"], question={"type": "string", "minLength": 1},
+                               answer={"type": "string", "minLength": 1},
+                               context={"oneOf": [{"type": "string"}, {"type": "array", "maxItems": 50,
+                                                                        "items": {"type": "string"}}]},
+                               metadata={"type": "object"}),
+                        "additionalProperties": False,
+                        "description": "one line of a DSPy example file (dspy jobs; chat-format files work too)"},
+        "ImportProgram": _obj(["model", "program"], model={"type": "string", "minLength": 1, "description": (
+            "the chat model the program runs on")}, program={"type": "object", "description": (
+            "DSPy's JSON state of the tutor program (GET /api/models/{id}/program)")},
+            suffix={"type": ["string", "null"], "pattern": "^[A-Za-z0-9_-]{1,64}$"}),
         "SupervisedHyperparameters": {"type": "object", "additionalProperties": False,
                                       "properties": {**OPENAI_HP, **EXTENSION_HP}, **LORA_FALSE_RULE},
         "DpoHyperparameters": {"type": "object", "additionalProperties": False,
@@ -234,7 +266,8 @@ def schemas() -> dict[str, Any]:
         # ---- models
         "Model": _obj(["id", "object", "created", "owned_by", "kind"],
                       id={"type": "string"}, object={"const": "model"}, created={"type": "integer"},
-                      owned_by={"type": "string"}, kind={"enum": ["base", "fine-tuned", "alias"]},
+                      owned_by={"type": "string"},
+                      kind={"enum": ["base", "fine-tuned", "dspy-program", "remote", "alias"]},
                       target={"type": "string"}, root={"type": "string"}, parent={"type": "string"},
                       job_id=NULLABLE_STR, lineage={"type": "object"}),
         "ModelList": _list("Model"),
@@ -452,6 +485,13 @@ def document() -> dict[str, Any]:
                 "Download a file of a finished export", "models",
                 returns={"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
                 params=[_p("model_id"), _p("export_id"), _p("name")])},
+            "/api/models/{model_id}/program": {"get": _op(
+                "A DSPy program's JSON state (DSPy's `program.load(path)` reads it)", "models",
+                returns={"application/json": {"schema": {"type": "object"}}}, params=[_p("model_id")])},
+            "/api/programs": {"post": _op(
+                "Import a DSPy program's JSON state as a model of kind dspy-program (checked: the tutor's fields, "
+                "no unknown keys, no LM of its own, at most 256 KiB)", "models", ok="201", returns="Model",
+                body=JSON("ImportProgram"))},
             "/v1/chat/completions": {"post": _op(
                 "Chat (OpenAI shape; stream true/false) with retrieval over the knowledge base", "chat",
                 body=JSON("ChatRequest"), returns={**JSON("ChatCompletion"), **SSE})},

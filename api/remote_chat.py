@@ -12,9 +12,9 @@ import time
 from collections.abc import Generator
 from typing import Any
 
-from api.generation import Generation, Run
 from domain.errors import NotFound, UpstreamError, ValidationError
 from domain.redaction import Redaction, redactor_for
+from eventlog.generation import Generation, Run
 
 log = logging.getLogger("tunelog.api")
 

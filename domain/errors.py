@@ -1,6 +1,8 @@
 """Errors the domain raises; api/errors.py maps each family to one HTTP status."""
 from __future__ import annotations
 
+import math
+
 
 class DomainError(Exception):
     status = 400
@@ -77,3 +79,14 @@ class UpstreamError(DomainError):
 
     status = 502
     code = "provider_error"
+
+
+class TooManyRequests(DomainError):
+    """A limit was hit: 429 with Retry-After (whole seconds) and an OpenAI-shaped rate_limit_error."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after: float, code: str | None = None, param: str | None = None):
+        super().__init__(message, param=param, code=code)
+        self.retry_after = max(1, math.ceil(retry_after))

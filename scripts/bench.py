@@ -449,7 +449,7 @@ def bench_chat(server: str, redis_url: str, tmp: Path, samples: int) -> None:
     # Our path alone: the same app in this process (WSGI, no socket), against generate on the very model
     # object it serves with, interleaved.
     from api import create_app
-    from api.generation import server
+    from eventlog.generation import server
     from eventlog.settings import Settings
 
     settings = Settings(data_dir=data, database_url=url, redis_url=redis_url, model_dir=model_dir)

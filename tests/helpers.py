@@ -221,3 +221,12 @@ def pdf_bytes(objs: list[bytes]) -> bytes:
     out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
     return out
+
+
+def program_state(demos: list[dict] | None = None, instructions: str = "Answer the student's question.") -> dict:
+    """A tutor program's DSPy JSON state, as `program.save(path, save_program=False)` writes it."""
+    fields = [{"prefix": "Context:", "description": "passages"}, {"prefix": "Question:", "description": "the question"},
+              {"prefix": "Answer:", "description": "the answer"}]
+    return {"respond": {"traces": [], "train": [], "demos": demos or [], "lm": None,
+                        "signature": {"instructions": instructions, "fields": fields}},
+            "metadata": {"dependency_versions": {"python": "3.11", "dspy": "3.4.1"}}}

@@ -316,17 +316,22 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
     (work / "control").mkdir(parents=True, exist_ok=True)
     job_dir = artifacts.job_dir(s.data_dir, job_id)
     job_dir.mkdir(parents=True, exist_ok=True)
+    optimizing = state.backend == "dspy"  # a DSPy program is optimized, not weights trained
+    nproc = gpus_per_node() if state.queue == "gpu" and not optimizing else 0
     try:
-        base_path = model_path(s.model_dir, state.model)
         train = _write_file(svc, state.training_file, work / "train.jsonl")
         valid = _write_file(svc, state.validation_file, work / "valid.jsonl")
+        if optimizing:
+            from workers import dspy_job
+
+            config = dspy_job.child_config(svc, state, train, valid, work, job_dir)
+        else:
+            config = recipe_config(s, state, model_path(s.model_dir, state.model), train, valid, work, job_dir, nproc)
     except Exception as e:  # noqa: BLE001 - reported to the user as the job's error
         log.exception("job %s: setup failed", job_id)
         progress.finish(extra=[NewEvent("JobFailed", {"error": _error("setup_failed", _scrub(str(e), s)),
                                                       "at": _now()}, progress.metadata)])
         return "failed"
-    nproc = gpus_per_node() if state.queue == "gpu" else 0
-    config = recipe_config(s, state, base_path, train, valid, work, job_dir, nproc)
     (work / "config.json").write_text(json.dumps(config, indent=2))
     # checkpoints of earlier attempts (the stream knows their ids): rotation may remove them
     known: dict[int, list[str]] = {}
@@ -344,11 +349,18 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
     if not nproc:
         env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed on the CPU: gloo
         env["CUDA_VISIBLE_DEVICES"] = ""
-    child = subprocess.Popen(launch_command(work / "config.json", nproc), stdout=log_file, stderr=subprocess.STDOUT,
+    command = ([sys.executable, "-m", "workers.dspy_opt", str(work / "config.json")] if optimizing
+               else launch_command(work / "config.json", nproc))
+    child = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, env=env,
                              cwd=str(Path(__file__).resolve().parent.parent))
-    progress.add("JobMessage", {"level": "info", "message": f"Training started on the {state.queue} queue "
+    what = "DSPy optimization" if optimizing else "Training"
+    progress.add("JobMessage", {"level": "info", "message": f"{what} started on the {state.queue} queue "
                                 f"(attempt {attempt}, {max(1, nproc)} process(es))", "at": _now()}, urgent=True)
+    # evaluations an earlier attempt recorded: a resumed run replays them (from DSPy's cache), not re-reports them
+    recorded_trials = max((e.data.get("trial") or 0 for e in svc.store.read_stream(job_stream(job_id))
+                           if e.type == "JobProgressed"), default=0) if optimizing else 0
+    failure: dict[str, Any] | None = None
     tail = MetricsTail(work / "metrics.jsonl")
     done: dict[str, Any] | None = None
     paused: dict[str, Any] | None = None
@@ -389,6 +401,15 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
                         for old_id in known.pop(old_step):
                             progress.add("CheckpointDeleted", {"id": old_id, "step": old_step, "at": _now(),
                                                                "keep": 3}, urgent=True)
+                elif kind == "trial":  # a DSPy evaluation: the dev set before and after, and each candidate
+                    if rec["trial"] > recorded_trials:
+                        remaining = rec.pop("remaining_seconds", None)
+                        progress.add("JobProgressed", {
+                            **rec, "step": rec["trial"], "total_steps": rec.get("total_trials"), "at": _now(),
+                            "estimated_finish": _now() + int(remaining) if remaining is not None else None},
+                            urgent=True)
+                elif kind == "failed":
+                    failure = rec
                 elif kind == "message":
                     progress.add("JobMessage", {"level": rec.get("level", "info"), "message": rec["message"],
                                                 "at": _now()})
@@ -414,6 +435,7 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
                 _stop_child(child)
                 progress.finish(extra=[NewEvent("JobCancelled", {"reason": "cancelled by request", "at": _now()},
                                                progress.metadata)])
+                _drop_dspy_cache(s, job_id, optimizing)
                 return "cancelled"
             if exited:  # polled before this round's read: every record the recipe wrote has been handled
                 break
@@ -428,6 +450,7 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
     if progress.cancel_requested:
         progress.finish(extra=[NewEvent("JobCancelled", {"reason": "cancelled by request", "at": _now()},
                                        progress.metadata)])
+        _drop_dspy_cache(s, job_id, optimizing)
         return "cancelled"
     if rc == 0 and paused is not None:
         step = paused["step"]
@@ -435,13 +458,25 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
         progress.finish(extra=[NewEvent("JobPaused", {"step": step, "checkpoint": steps[-1], "at": _now()},
                                         progress.metadata)])
         return "paused"
+    if failure is not None:  # the child said why (a provider's permanent refusal)
+        progress.finish(extra=[NewEvent("JobFailed", {"error": _error(failure["code"], failure["message"][:500]),
+                                                      "at": _now()}, progress.metadata)])
+        _drop_dspy_cache(s, job_id, optimizing)
+        return "failed"
     if rc != 0 or done is None:
         log.error("job %s attempt %s: training exited with %s; log in %s", job_id, attempt, rc, work / "recipe.log")
         progress.finish(extra=[NewEvent("JobFailed", {"error": _error(
             "training_failed", f"the training process exited with status {rc}"
             + (f": {reason}" if (reason := _failure_reason(work / 'recipe.log')) else "")), "at": _now()},
             progress.metadata)])
+        _drop_dspy_cache(s, job_id, optimizing)
         return "failed"
+    if optimizing:
+        from workers import dspy_job
+
+        result = dspy_job.register(svc, won, progress, done)
+        _drop_dspy_cache(s, job_id, optimizing)
+        return result
     model_id = _model_id(state)
     artifact_rel = artifacts.model_dir_rel(job_id)
     final_metrics = {k: v for k, v in (done.get("metrics") or last_metrics).items()
@@ -464,6 +499,12 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
             progress.metadata)])],
     )
     return model_id
+
+
+def _drop_dspy_cache(settings, job_id: str, optimizing: bool) -> None:
+    """A finished DSPy job's LM cache (kept across its attempts for a resume) goes."""
+    if optimizing:
+        shutil.rmtree(settings.work_dir / job_id / "dspy-cache", ignore_errors=True)
 
 
 def _rel(data_dir: Path, path: Path) -> str:

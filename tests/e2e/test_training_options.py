@@ -121,7 +121,8 @@ BAD = {
                                                    "hyperparameters.lora_r", None, "under method"),
     "both method and legacy hyperparameters": (dict(training_file="chat", method=sft(n_epochs=1),
                                                     hyperparameters={"n_epochs": 2}), "hyperparameters", None, ""),
-    "dspy": (dict(training_file="chat", method={"type": "dspy"}), "method.type", "unsupported_method", ""),
+    "a method not supported yet": (dict(training_file="chat", method={"type": "reinforcement"}), "method.type",
+                                   "unsupported_method", ""),
 }
 
 

@@ -27,7 +27,7 @@ import pytest
 
 from eventlog.keys import hash_key, key_id_for
 from tests.conftest import DATA
-from tests.helpers import wait_for
+from tests.helpers import program_state, wait_for
 
 GOOD = (DATA / "tiny_train.jsonl").read_bytes()
 BASE = "smollm2-135m-instruct"
@@ -100,6 +100,8 @@ class Probe:
             r = s.http("POST", "/api/keys", s.admin_key, json={"role": "viewer", "project": t.project})
         elif kind == "model":  # a registered fine-tuned model, as a succeeded job leaves it (no weights needed)
             return register_model(s, t.project)
+        elif kind == "program":  # a DSPy program, imported
+            r = s.http("POST", "/api/programs", t.creator, json={"model": BASE, "program": program_state()})
         else:
             raise ValueError(kind)
         assert r.status_code in (200, 201), r.text
@@ -259,6 +261,10 @@ TABLE: list[Route] = [
     Route("GET", "/api/models/<path:model_id>/exports/<export_id>/files/<path:name>",
           "401 | 404 404 | 404 404 | 404 404 | 404 404",
           lambda p: f"/api/models/{p.fresh('model')}/exports/export-{'0' * 24}/files/merged/config.json"),
+    Route("GET", "/api/models/<path:model_id>/program", READ,
+          lambda p: f"/api/models/{p.fresh('program')}/program"),
+    Route("POST", "/api/programs", "401 | 403 403 | 201 201 | 201 201 | 201 201",
+          lambda p: _body("/api/programs", json={"model": BASE, "program": program_state(), "suffix": "matrix"})),
     # Generation is slow on the shared CPUs (seconds per token), so only the viewer's own cell generates (one
     # token); the other own cells ask for more than the context window: 400 context_length_exceeded is
     # answered after authentication, the role check and the model's resolution in the caller's project

@@ -202,7 +202,7 @@ def test_the_dataclasses_check_themselves():
     ({"type": "magic"}, "method.type", None),
     ({}, "method.type", None),
     ({"type": ["dpo"]}, "method.type", None),
-    ({"type": "dspy"}, "method.type", "unsupported_method"),
+    ({"type": "reinforcement", "reinforcement": {}}, "method.type", "unsupported_method"),
     ({"type": "reinforcement"}, "method.type", "unsupported_method"),
     ({"type": "supervised", "supervised": []}, "method.supervised", None),
     ({"type": "supervised", "supervised": {"hyperparameters": [1]}}, SFT, None),

@@ -206,7 +206,7 @@ class ModelServer:
         """Wait for the model (at most `queue_timeout` seconds, then 429 model_busy), and return the Run
         that yields text pieces as they are generated; `result` holds the token counts when done. A
         generation running past `time_limit` seconds is stopped (finish_reason "length")."""
-        from api.limits import TooManyRequests
+        from domain.errors import TooManyRequests
 
         # A bounded wait: the queue for the model never holds a request thread for longer than this. Taken
         # before anything touches the model: the generating thread's streamer decodes with the same (Rust)
