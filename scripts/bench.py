@@ -892,15 +892,68 @@ def bench_delegate(server: str, redis_url: str, tmp: Path, jobs: int) -> None:
           f"(poll interval {lo:.0f} s doubling to {hi:.0f} s)" if lat else "  no job finished", flush=True)
 
 
+def bench_dspy(server: str, redis_url: str, tmp: Path, candidates: int) -> None:
+    """A DSPy job (random search over the shipped educational set, data/dspy_tutor: 14 training and 6 dev
+    examples, on the bundled model) from submission to its registered program, vs plain DSPy running the same
+    optimizer on the same examples and model in a script (scripts/bench_dspy_baseline.py), started to finished."""
+    import subprocess
+
+    opts = {"optimizer": "bootstrap_few_shot_with_random_search", "metric": "contains", "max_tokens": 48,
+            "num_candidate_programs": candidates, "max_bootstrapped_demos": 2, "max_labeled_demos": 2}
+    train, valid = ROOT / "data" / "dspy_tutor" / "train.jsonl", ROOT / "data" / "dspy_tutor" / "valid.jsonl"
+    threads = os.cpu_count() or 2
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_dspy_baseline.py"),
+                          str(ROOT / ".data" / "models" / "smollm2-135m-instruct"), str(train), str(valid),
+                          json.dumps(opts), str(threads)], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+    plain_seconds = time.monotonic() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"the baseline script failed:\n{out.stderr[-3000:]}")
+    plain = json.loads(out.stdout.strip().splitlines()[-1])
+    data = tmp / "dspy"
+    # one worker, with every core for its job (as the script has them)
+    os.environ["TUNELOG_CPU_WORKERS"] = "1"
+    stack, _url = start_stack(server, redis_url + "?db=8", data, "bench_dspy")
+    try:
+        stack.wait_healthy()
+        k = stack.admin_key
+        time.sleep(10)  # the worker's start-up imports are not the job's
+        ids = [stack.http("POST", "/v1/files", k, files={"file": (p.name, p.read_bytes())},
+                          data={"purpose": "fine-tune"}).json()["id"] for p in (train, valid)]
+        t0 = time.monotonic()
+        r = stack.http("POST", "/v1/fine_tuning/jobs", k, json={
+            "model": "smollm2-135m-instruct", "training_file": ids[0], "validation_file": ids[1], "seed": 0,
+            "method": {"type": "dspy", "dspy": opts}})
+        assert r.status_code == 200, r.text
+        job = stack.wait_job(k, r.json()["id"], {"succeeded", "failed"}, timeout=3600)
+        ours_seconds = time.monotonic() - t0
+        assert job["status"] == "succeeded", job["error"]
+        metrics = stack.http("GET", f"/v1/models/{job['fine_tuned_model']}", k).json()["lineage"]["final_metrics"]
+    except Exception:
+        _print_log_tails(data)
+        raise
+    finally:
+        stack.stop_all()
+        os.environ.pop("TUNELOG_CPU_WORKERS", None)
+    print(f"  plain DSPy: {plain_seconds:.1f} s ({plain['lm_calls']} LM calls; dev score {plain['dev_before']:.3f} -> "
+          f"{plain['dev_after']:.3f}; {plain['demos']} demos)", flush=True)
+    print(f"  tunelog job: {ours_seconds:.1f} s ({metrics['lm_calls']} LM calls, {metrics['new_lm_calls']} generated; "
+          f"dev score {metrics['dev_score_before']:.3f} -> {metrics['dev_score_after']:.3f}; {metrics['demos']} demos; "
+          f"{metrics['trials']} evaluations)", flush=True)
+    report(f"DSPy job, random search x{candidates}, wall time", ours_seconds, plain_seconds, "s",
+           "plain dspy script, same optimizer", "<= 1.1x", higher_is_better=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     ap.add_argument("--only", nargs="*", default=None,
-                    help="appends batched replay latency retrieval ingest chat api train delegate")
+                    help="appends batched replay latency retrieval ingest chat api train delegate dspy")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
     only = set(args.only or ["appends", "batched", "replay", "latency", "retrieval", "ingest", "chat", "api",
-                                    "train", "delegate"])
+                                    "train", "delegate", "dspy"])
     tmp = Path(tempfile.mkdtemp(prefix="tunelog-bench-"))
     pg = EmbeddedPostgres(tmp / "pg", dbname="postgres")
     rs = EmbeddedRedis(tmp / "redis")
@@ -928,6 +981,8 @@ def main() -> None:
             bench_train(server, redis_url, tmp, 24 if args.quick else 48)
         if "delegate" in only:
             bench_delegate(server, redis_url, tmp, 20 if args.quick else 200)
+        if "dspy" in only:
+            bench_dspy(server, redis_url, tmp, 1 if args.quick else 2)
     finally:
         rs.stop()
         pg.stop()

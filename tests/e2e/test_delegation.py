@@ -416,3 +416,32 @@ def test_provider_keys_are_in_no_table_and_no_log(ours, district, district_key):
         for s in secrets:
             assert s not in text, f"a provider key is in {log}"
         assert not re.search(r"sk-emulated-[0-9a-f]{6,}", text), f"a key-shaped string is in {log}"
+
+
+def test_a_dspy_job_over_a_provider_model_asks_the_provider_redacted_and_its_program_answers_through_it(
+        ours, emulator):
+    """Issue 9 with a delegated model: every LM call of the optimization goes to the provider (the emulator
+    stands for OpenAI's chat completions), with the project's roster, emails and phones redacted first."""
+    admin = project_key(ours, "admin")
+    assert ours.http("PUT", "/api/settings", admin, json={"pii_roster": ["Priya Shah"]}).status_code == 200
+    c = client(ours, admin)
+    lines = [json.dumps({"question": f"Priya Shah (priya{i}@school.example) asks: what is {i} + 1?",
+                         "answer": str(i + 1)}) for i in range(6)]
+    train = upload(c, ("\n".join(lines) + "\n").encode(), name="qa.jsonl")
+    before = len(emulator.chat_requests)
+    job = c.fine_tuning.jobs.create(model=OPENAI_MODEL, training_file=train, seed=3, method={
+        "type": "dspy", "dspy": {"optimizer": "bootstrap_few_shot", "metric": "contains", "max_tokens": 32,
+                                 "max_bootstrapped_demos": 2, "max_labeled_demos": 0}})
+    done = wait(c, job.id, {"succeeded", "failed", "cancelled"}, timeout=300)
+    assert done.status == "succeeded", done.error
+    sent = emulator.chat_requests[before:]
+    assert len(sent) >= 6 and all(r["model"] == OPENAI_MODEL.split("/", 1)[1] for r in sent)
+    text = json.dumps(sent)
+    assert "Priya" not in text and "priya0@school.example" not in text and "[NAME]" in text
+    model = c.models.retrieve(done.fine_tuned_model)
+    assert model.model_extra["kind"] == "dspy-program" and model.model_extra["root"] == OPENAI_MODEL
+    n = len(emulator.chat_requests)
+    out = c.chat.completions.create(model=done.fine_tuned_model, max_tokens=16,
+                                    messages=[{"role": "user", "content": "What is 2 + 1?"}])
+    assert out.choices[0].message.content and len(emulator.chat_requests) == n + 1
+    assert out.model_extra["tunelog"]["program"]["runs_on"] == OPENAI_MODEL

@@ -215,12 +215,20 @@ def test_random_search_reports_every_candidate_with_the_best_so_far(stack, train
     assert done["fine_tuned_model"].startswith("dspy:")
 
 
-def test_cancel_stops_the_optimization_within_ten_seconds(stack, trainer, files):
+def test_pause_resume_replays_the_cache_and_cancel_stops_within_ten_seconds(stack, trainer, files):
     k = trainer["key"]
     job = created(stack, k, files["train8"], files["valid3"], seed=99,
                   optimizer="bootstrap_few_shot_with_random_search", num_candidate_programs=8, max_tokens=64)
-    wait_for(lambda: child_processes(job["id"]), 300, 0.3, "the optimization process")
     wait_for(lambda: trials(stack, k, job["id"]), 300, 0.3, "a first evaluation")
+    assert stack.http("POST", f"/v1/fine_tuning/jobs/{job['id']}/pause", k).status_code == 200
+    paused = stack.wait_job(k, job["id"], {"paused", "failed", "succeeded"}, timeout=60)
+    assert paused["status"] == "paused", paused
+    wait_for(lambda: not child_processes(job["id"]), 15, what="the paused optimization to exit")
+    seen = len(trials(stack, k, job["id"]))
+    assert stack.http("POST", f"/v1/fine_tuning/jobs/{job['id']}/resume", k).status_code == 200
+    wait_for(lambda: len(trials(stack, k, job["id"])) > seen, 300, 0.3, "an evaluation after the resume")
+    ts = trials(stack, k, job["id"])
+    assert [t["trial"] for t in ts] == list(range(1, len(ts) + 1)), ts  # replayed ones not reported twice
     started = time.monotonic()
     assert stack.http("POST", f"/v1/fine_tuning/jobs/{job['id']}/cancel", k).status_code == 200
     stack.wait_job(k, job["id"], {"cancelled"}, timeout=10)

@@ -228,9 +228,11 @@ async function openJob(id) {
       if (event !== "job") return;
       $("#job-events").prepend(el("li", {}, e.message));
       if (e.type === "metrics" && e.data) {
-        points.push({ step: e.data.step, train: e.data.train_loss, valid: e.data.valid_loss });
+        // a DSPy job's evaluations carry a score (higher is better), drawn where a validation loss would be
+        const dspy = e.data.trial !== undefined && e.data.trial !== null;
+        points.push({ step: e.data.step, train: e.data.train_loss, valid: dspy ? e.data.score : e.data.valid_loss });
         $("#job-step").textContent = String(e.data.step);
-        $("#job-loss").textContent = fmtNum(e.data.train_loss, 4) || "–";
+        $("#job-loss").textContent = fmtNum(dspy ? e.data.score : e.data.train_loss, 4) || "–";
         drawChart(points);
       }
       }, ctrl.signal);
@@ -249,8 +251,10 @@ async function loadModels() {
   const rows = [];
   for (const m of models.data.filter((x) => x.kind !== "alias")) {
     const loss = m.lineage && m.lineage.final_metrics ? m.lineage.final_metrics.valid_loss : null;
+    const score = m.lineage && m.lineage.scores ? m.lineage.scores.dev_after : null;  // a DSPy program's
     rows.push(el("tr", {}, el("td", {}, m.id), el("td", {}, m.kind), el("td", {}, m.root || ""),
-      el("td", {}, fmtNum(loss, 4)), el("td", {})));
+      el("td", {}, m.kind === "dspy-program" ? (fmtNum(score, 3) ? "score " + fmtNum(score, 3) : "") : fmtNum(loss, 4)),
+      el("td", {})));
     sel.add(new Option(m.id, m.id));
   }
   $("#models-table tbody").replaceChildren(...rows);
