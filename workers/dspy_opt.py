@@ -337,7 +337,10 @@ def optimize(opts: dict[str, Any], student, trainset, valset, metric, lm, seed: 
                              num_candidates=None if auto else opts["num_candidate_programs"], num_threads=1,
                              max_errors=10**9, seed=seed, verbose=False, track_stats=False, **common)
         kwargs: dict[str, Any] = {} if auto else {"num_trials": opts["num_trials"]}
-        return mipro.compile(student, trainset=trainset, valset=valset or None, seed=seed, **kwargs)
+        # MIPROv2's default minibatch (35) is over a small dev set, which it refuses: evaluate on all of it
+        n_val = len(valset) if valset else min(1000, max(1, int(len(trainset) * 0.8)))
+        return mipro.compile(student, trainset=trainset, valset=valset or None, seed=seed,
+                             minibatch=n_val > 35, **kwargs)
     if name == "gepa":
         return dspy.GEPA(metric=metric, auto=opts.get("auto") or "light", reflection_lm=lm, num_threads=1,
                          seed=seed, track_stats=False).compile(student, trainset=trainset,
