@@ -378,7 +378,7 @@ def rerun_job(job_id: str):
     mtype = (old["method"] or {}).get("type", "supervised")
     if mtype == "dspy" and "method" not in patch:  # the same optimization, on another chat model
         body["method"] = {"type": "dspy", "dspy": {k: v for k, v in (old["method"].get("dspy") or {}).items()
-                                                   if v is not None}}
+                                                   if v is not None and not (k == "seed" and "seed" in patch)}}
     elif "method" not in patch and "hyperparameters" not in patch:
         hp = {k: v for k, v in (old["hyperparameters"] or {}).items()
               if k in OPENAI_PORTABLE_KEYS or (k == "beta" and mtype == "dpo")}
@@ -517,16 +517,39 @@ def _dspy_file(f: dict[str, Any], param: str) -> int:
                               f"{FORMAT_NAMES['chat']}", param=param, code="invalid_file_format")
     with svc().pool.connection() as c:
         blob = c.execute("SELECT content FROM blobs WHERE sha256 = %s", (f["sha256"],)).fetchone()
+    from eventlog.programs import MAX_CONTEXT_ITEMS, MAX_DEMO_TEXT
+
     try:
-        n = len(dspy_examples(bytes(blob["content"])))
+        found = dspy_examples(bytes(blob["content"]))
     except ValidationError as e:
         raise ValidationError(f"{param} {f['id']}: {e.message}", param=param, code="invalid_file_format") from None
+    # an example may become a demo of the program: what a program may hold is checked now, not at the job's end
+    over = [e["line"] for e in found if "\x00" in e["question"] + e["answer"] + "".join(e["context"])
+            or max(len(e["question"]), len(e["answer"]), sum(len(c) for c in e["context"])) > MAX_DEMO_TEXT
+            or len(e["context"]) > MAX_CONTEXT_ITEMS]
+    if over:
+        lines = ", ".join(str(n) for n in over[:10]) + (f" and {len(over) - 10} more" if len(over) > 10 else "")
+        raise ValidationError(f"{param} {f['id']}: a question, answer or context over {MAX_DEMO_TEXT} characters (or "
+                              f"over {MAX_CONTEXT_ITEMS} passages, or with NUL) cannot be a program's demo "
+                              f"[example_too_long] on line(s) {lines}", param=param, code="invalid_file_format")
+    n = len(found)
     low = DSPY_MIN_EXAMPLES if param == "training_file" else 1
     if not low <= n <= DSPY_MAX_EXAMPLES:
         raise ValidationError(f"{param} {f['id']} has {n} example(s); a DSPy job takes {low} to "
                               f"{DSPY_MAX_EXAMPLES} (each costs LM calls in every evaluation)"
                               + (" [too_few_examples]" if n < low else ""), param=param, code="invalid_file_format")
     return n
+
+
+def _dspy_calls(opts: dict[str, Any], n_train: int, n_dev: int) -> int | None:
+    """About how many LM calls an optimizer with a fixed plan makes (the dev set before and after, each
+    candidate's evaluation, one teacher call per training example); a judged metric doubles each evaluation."""
+    per_eval = n_dev * (2 if opts["metric"] in ("llm_judge", "semantic_f1") else 1)
+    if opts["optimizer"] == "bootstrap_few_shot":
+        return 2 * per_eval + n_train
+    if opts["optimizer"] == "bootstrap_few_shot_with_random_search":
+        return (opts["num_candidate_programs"] + 3 + 2) * per_eval + n_train * (opts["num_candidate_programs"] + 1)
+    return None  # MIPROv2 and GEPA plan as they go: bounded by TUNELOG_DSPY_MAX_SECONDS
 
 
 def _create_dspy_job(p, body: dict[str, Any], idem: Idempotent, rerun_of: str | None):
@@ -546,6 +569,19 @@ def _create_dspy_job(p, body: dict[str, Any], idem: Idempotent, rerun_of: str | 
         seed = opts.seed
     stored = opts.resolve(n_train)
     stored.update(seed=seed, judge_model=judge.id if judge else None)
+    if any(r is not None and r.backend == "provider" for r in (runner, judge)):
+        from api.registry import settings_for
+
+        if settings_for(p.project).monthly_budget_usd is not None:
+            raise ValidationError("this project has a monthly budget, and a DSPy job's calls to a provider are not "
+                                  "budgeted yet; optimize over a local model", param="model", code="budget_exceeded")
+    n_dev = (valid["stats"].get("n_examples") or 0) if valid else n_train
+    calls = _dspy_calls(stored, n_train, n_dev)
+    if calls is not None and calls > svc().settings.dspy_max_lm_calls:
+        raise ValidationError(f"this optimization would make about {calls} LM calls ({n_train} training and {n_dev} "
+                              f"dev examples); this server allows {svc().settings.dspy_max_lm_calls} a job "
+                              "(TUNELOG_DSPY_MAX_LM_CALLS): use fewer examples or candidates", param="method.dspy",
+                              code="job_too_large")
     job_id = "ftjob-" + uuid.uuid4().hex[:24]
     ev = JobCreated(
         id=job_id, project=p.project, model=runner.id, backend="dspy", queue="cpu", training_file=train["id"],

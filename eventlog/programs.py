@@ -35,6 +35,7 @@ MAX_DEMOS = 64
 MAX_INSTRUCTIONS = 8000
 MAX_FIELD_TEXT = 500  # a field's prefix or description
 MAX_DEMO_TEXT = 16_000  # one demo value (a context list counts its items together)
+MAX_CONTEXT_ITEMS = 50  # passages in one demo's context (as the DSPy example format allows)
 STATE_KEYS = {"respond", "metadata"}
 PREDICT_KEYS = {"traces", "train", "demos", "signature", "lm"}
 SIGNATURE_KEYS = {"instructions", "fields"}
@@ -128,33 +129,66 @@ def check_state(raw: Any) -> dict[str, Any]:
     demos = respond.get("demos", [])
     if not isinstance(demos, list) or len(demos) > MAX_DEMOS:
         raise _bad(f"{where}.demos must be a list of at most {MAX_DEMOS} examples", f"{where}.demos")
-    clean_demos = []
-    for i, d in enumerate(demos):
-        p = f"{where}.demos[{i}]"
-        if not isinstance(d, dict):
-            raise _bad(f"{p} must be an object with question, context and answer", p)
-        _unknown(d, DEMO_KEYS, p)
-        demo: dict[str, Any] = {}
-        if "question" not in d or "answer" not in d:
-            raise _bad(f"{p} needs a question and an answer", p)
-        demo["question"] = _text(d["question"], MAX_DEMO_TEXT, f"{p}.question", empty=False)
-        if "context" in d:
-            ctx = d["context"]
-            if isinstance(ctx, str):
-                ctx = [ctx]
-            if not isinstance(ctx, list) or not all(isinstance(c, str) for c in ctx) or \
-                    sum(len(c) for c in ctx) > MAX_DEMO_TEXT or any("\x00" in c for c in ctx):
-                raise _bad(f"{p}.context must be a list of texts of at most {MAX_DEMO_TEXT} characters in all",
-                           f"{p}.context")
-            demo["context"] = ctx
-        demo["answer"] = _text(d["answer"], MAX_DEMO_TEXT, f"{p}.answer", empty=False)
-        if "augmented" in d:
-            if not isinstance(d["augmented"], bool):
-                raise _bad(f"{p}.augmented must be true or false", f"{p}.augmented")
-            demo["augmented"] = d["augmented"]
-        clean_demos.append(demo)
-    return {"respond": {"traces": [], "train": [], "demos": clean_demos,
-                        "signature": {"instructions": instructions, "fields": clean_fields}, "lm": None}}
+    clean_demos = [_check_demo(d, f"{where}.demos[{i}]") for i, d in enumerate(demos)]
+    state = {"respond": {"traces": [], "train": [], "demos": clean_demos,
+                         "signature": {"instructions": instructions, "fields": clean_fields}, "lm": None}}
+    size = len(state_bytes(state))  # as it is stored, served and checked again when chat loads it
+    if size > MAX_STATE_BYTES:
+        raise _bad(f"the program is {size} bytes as stored; the limit is {MAX_STATE_BYTES}", param)
+    return state
+
+
+def _check_demo(d: Any, p: str) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise _bad(f"{p} must be an object with question, context and answer", p)
+    _unknown(d, DEMO_KEYS, p)
+    demo: dict[str, Any] = {}
+    if "question" not in d or "answer" not in d:
+        raise _bad(f"{p} needs a question and an answer", p)
+    demo["question"] = _text(d["question"], MAX_DEMO_TEXT, f"{p}.question", empty=False)
+    if "context" in d:
+        ctx = d["context"]
+        if isinstance(ctx, str):
+            ctx = [ctx]
+        if not isinstance(ctx, list) or len(ctx) > MAX_CONTEXT_ITEMS or not all(isinstance(c, str) for c in ctx) \
+                or sum(len(c) for c in ctx) > MAX_DEMO_TEXT or any("\x00" in c for c in ctx):
+            raise _bad(f"{p}.context must be a list of at most {MAX_CONTEXT_ITEMS} texts of at most {MAX_DEMO_TEXT} "
+                       "characters in all", f"{p}.context")
+        demo["context"] = ctx
+    demo["answer"] = _text(d["answer"], MAX_DEMO_TEXT, f"{p}.answer", empty=False)
+    if "augmented" in d:
+        if not isinstance(d["augmented"], bool):
+            raise _bad(f"{p}.augmented must be true or false", f"{p}.augmented")
+        demo["augmented"] = d["augmented"]
+    return demo
+
+
+def fit_state(raw: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """What an optimizer produced, made to pass check_state rather than failing the job at its very end:
+    demos the gate refuses (an empty answer a metric let through, text over the limits) are dropped, empty
+    instructions become the tutor's, and the last demos go while the state is over the size limit. Returns
+    the checked state and the number of demos dropped."""
+    respond = dict(raw.get("respond") or {})
+    signature = dict(respond.get("signature") or {})
+    if not isinstance(signature.get("instructions"), str) or not signature["instructions"].strip():
+        signature["instructions"] = INSTRUCTIONS
+    signature["instructions"] = signature["instructions"][:MAX_INSTRUCTIONS]
+    demos = []
+    for d in list(respond.get("demos") or [])[:MAX_DEMOS]:
+        try:
+            demos.append(_check_demo(d, "demo"))
+        except ValidationError:
+            continue
+    dropped = len(respond.get("demos") or []) - len(demos)
+    base = {"respond": {"traces": [], "train": [], "demos": demos, "signature": signature, "lm": None}}
+    while True:
+        try:
+            return check_state(base), dropped
+        except ValidationError:
+            if not base["respond"]["demos"]:
+                raise
+            base["respond"]["demos"].pop()
+            dropped += 1
 
 
 def state_bytes(state: dict[str, Any]) -> bytes:

@@ -34,6 +34,8 @@ class Settings:
     max_batch_tokens: int = 65536  # batch_size x max_seq_len of one training step, per process
     cpu_workers: int = 2
     stall_seconds: float = 900.0
+    dspy_max_lm_calls: int = 20_000  # a DSPy job whose optimizer would ask more (estimated at create) is refused
+    dspy_max_seconds: float = 12 * 3600.0  # a DSPy job running longer (from its first start) is stopped
     model_dir: Path = field(default_factory=lambda: ROOT / ".data" / "models")
 
     @property
@@ -75,6 +77,8 @@ def load() -> Settings:
         max_batch_tokens=_int("TUNELOG_MAX_BATCH_TOKENS", 65536),
         cpu_workers=max(1, _int("TUNELOG_CPU_WORKERS", 2)),
         stall_seconds=_float("TUNELOG_STALL_SECONDS", 900.0),
+        dspy_max_lm_calls=_int("TUNELOG_DSPY_MAX_LM_CALLS", 20_000),
+        dspy_max_seconds=_float("TUNELOG_DSPY_MAX_SECONDS", 12 * 3600.0),
         model_dir=Path(os.environ.get("TUNELOG_MODEL_DIR") or data_dir / "models").resolve(),
     )
 

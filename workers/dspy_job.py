@@ -34,23 +34,45 @@ def runner(svc: Services, project: str, model_id: str) -> dict[str, Any]:
     if model_id in BASE_MODELS:
         return {"model": model_id, "backend": "hf-base", "base_model": model_id, "artifact_path": None}
     with svc.pool.connection() as c:
-        row = c.execute("SELECT backend, base_model, artifact_path FROM models WHERE id = %s AND project = %s "
-                        "AND deleted_at IS NULL", (model_id, project)).fetchone()
-    if row is not None and row["backend"] in RUNNABLE_BACKENDS:
+        row = c.execute("SELECT backend, base_model, artifact_path, project, deleted_at FROM models WHERE id = %s "
+                        "UNION ALL SELECT 'checkpoint', NULL, NULL, project, NULL FROM job_checkpoints "
+                        "WHERE fine_tuned_model_checkpoint = %s LIMIT 1", (model_id, model_id)).fetchone()
+    if row is not None and row["project"] == project and row["deleted_at"] is None and \
+            row["backend"] in RUNNABLE_BACKENDS:
         return {"model": model_id, "backend": row["backend"], "base_model": row["base_model"],
                 "artifact_path": row["artifact_path"] if row["backend"] != "provider" else None}
-    if row is None:
+    if row is None:  # a provider's own model (not one any tunelog job trained: those have rows, live or deleted)
         from eventlog import providers
 
         found = providers.load(svc.settings.data_dir).split(model_id)
-        if found is not None:
+        if found is not None and not (found[1].startswith("ft:") or ":ckpt-step-" in found[1]):
             return {"model": model_id, "backend": "provider", "base_model": model_id, "artifact_path": None}
     raise RunnerGone(f"the model {model_id!r} this program runs on no longer exists in this project")
+
+
+def sweep_caches(svc: Services) -> None:
+    """The DSPy caches of jobs that have ended (cancelled while paused, failed by the dispatcher, ...): each
+    holds prompts with pupils' questions, and up to 2 GiB. Run at the start of every DSPy attempt."""
+    import shutil
+
+    work = svc.settings.work_dir
+    try:
+        jobs = [p.name for p in work.iterdir() if (p / "dspy-cache").is_dir()]
+    except OSError:
+        return
+    if not jobs:
+        return
+    with svc.pool.connection() as c:
+        ended = [r["id"] for r in c.execute("SELECT id FROM jobs WHERE id = ANY(%s) AND status IN "
+                                            "('succeeded', 'failed', 'cancelled')", (jobs,)).fetchall()]
+    for job_id in ended:
+        shutil.rmtree(work / job_id / "dspy-cache", ignore_errors=True)
 
 
 def child_config(svc: Services, state: JobState, train: str | None, valid: str | None, work: Path,
                  job_dir: Path) -> dict[str, Any]:
     s = svc.settings
+    sweep_caches(svc)
     settings = fold_settings(svc.store.read_stream(project_stream(state.project)))
     opts = state.hyperparameters
     run_on = runner(svc, state.project, state.model)

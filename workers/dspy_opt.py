@@ -48,6 +48,10 @@ class ProviderFailed(Stop):
     pass
 
 
+class ContextTooLong(ValueError):
+    pass
+
+
 class Out:
     """JSON lines to the worker (appended and flushed one by one: the worker tails the file)."""
 
@@ -134,6 +138,11 @@ class Engine:
 
         gen = Generation()
         srv = server(Path(self.cfg["model_dir"]), Path(self.cfg["data_dir"]))
+        base = self.runner["base_model"]
+        needed = srv.count_prompt_tokens(base, messages) + max_tokens
+        if needed > srv.context_window(base):  # an Exception: DSPy counts the example as failed
+            raise ContextTooLong(f"the prompt and answer need {needed} tokens; the model's context is "
+                                 f"{srv.context_window(base)}")
         run = srv.stream(base_id=self.runner["base_model"], model_id=self.runner["model"],
                          artifact_path=self.runner.get("artifact_path"), messages=messages, max_tokens=max_tokens,
                          temperature=temperature, top_p=float(top_p or 1.0), seed=seed, result=gen)
@@ -160,15 +169,23 @@ class Engine:
             params["seed"] = seed
         if provider.chat_extra_body:
             params["extra_body"] = dict(provider.chat_extra_body)
+        import openai
+
+        transient = retry_if_exception(lambda e: isinstance(e, Exception) and providers.classify(e)[0])
         try:
             for attempt in Retrying(stop=stop_after_attempt(6), wait=wait_exponential(min=1, max=30), reraise=True,
-                                    retry=retry_if_exception(lambda e: providers.classify(e)[0])):
+                                    retry=transient):
                 with attempt:
                     self.guard.check()
                     resp = provider.client(timeout=120).chat.completions.create(**params)
-        except Exception as e:  # a permanent refusal (bad key, unknown model): every call would fail the same way
+        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
+            # the key or the model refused: every call would fail the same way
             _transient, code, message = providers.classify(e)
             raise ProviderFailed(f"provider {provider.name!r}: {provider.scrub(message)} ({code})") from None
+        except Exception as e:  # this request refused (too long, filtered...): the example fails, the run goes on
+            _transient, code, message = providers.classify(e)
+            raise RuntimeError(f"provider {provider.name!r} refused a call: {provider.scrub(message)} ({code})") \
+                from None
         text = (resp.choices[0].message.content or "") if resp.choices else ""
         usage = resp.usage
         return text, ((usage.prompt_tokens or 0) if usage else 0, (usage.completion_tokens or 0) if usage else 0)
@@ -208,19 +225,25 @@ def make_metric(name: str, judge_lm=None):
         judge = dspy.Predict(JudgeAnswer)
 
     def score(example, pred) -> float:
-        predicted = str(getattr(pred, "answer", "") or "")
-        gold = str(example.answer)
+        predicted = str(getattr(pred, "answer", "") or "").strip()
+        gold = str(example.answer).strip()
+        if not predicted:  # an empty answer is never right (and could not be a demo)
+            return 0.0
+        g, p = normalize_text(gold), normalize_text(predicted)
+        if not g:  # the gold answer is only articles or punctuation ("A", "The"): compare it as written
+            g, p = gold.lower(), predicted.lower()
         if name == "exact_match":
-            return float(normalize_text(predicted) == normalize_text(gold))
-        if name == "contains":
-            g = normalize_text(gold)
-            return float(bool(g) and g in normalize_text(predicted))
+            return float(g == p)
+        if name == "contains":  # whole tokens: "b" is not in "bees"
+            return float(f" {g} " in f" {p} ")
         if name == "f1":
             return float(f1_score(predicted, gold))
         try:
             with dspy.context(lm=judge_lm) if judge_lm is not None else _nullcontext():
-                if name == "semantic_f1":
-                    return max(0.0, min(1.0, float(judge(example, pred))))
+                if name == "semantic_f1":  # DSPy's SemanticF1 reads `response` fields
+                    judged = judge(dspy.Example(question=example.question, response=gold),
+                                   dspy.Prediction(response=predicted))
+                    return max(0.0, min(1.0, float(judged.score)))
                 verdict = judge(question=example.question, reference_answer=gold, answer=predicted)
                 return float(bool(verdict.correct))
         except Stop:
@@ -253,8 +276,8 @@ def tracker_class():
         """A `trial` line per evaluation (the dev-set score before, each candidate, after), with the best
         candidate so far kept (a time budget ends the run with it)."""
 
-        def __init__(self, out: Out, stats: Stats, expected_trials: int | None):
-            self.out, self.stats = out, stats
+        def __init__(self, out: Out, stats: Stats, expected_trials: int | None, dev_size: int):
+            self.out, self.stats, self.dev_size = out, stats, dev_size
             self.phase = "baseline"
             self.seq = 0
             self.best: float | None = None
@@ -272,15 +295,17 @@ def tracker_class():
                 self.out.write("tick", lm_calls=self.stats.lm_calls)
 
         def on_evaluate_start(self, call_id, instance, inputs):
-            self.programs[call_id] = inputs.get("program")
+            devset = inputs.get("devset") or getattr(instance, "devset", None) or []
+            # a minibatch's score is no candidate's score: only whole-dev-set evaluations may be "the best"
+            self.programs[call_id] = (inputs.get("program"), len(devset))
 
         def on_evaluate_end(self, call_id, outputs, exception=None):
-            program = self.programs.pop(call_id, None)
+            program, n = self.programs.pop(call_id, (None, 0))
             if outputs is None:
                 return
             score = round(float(outputs.score) / 100.0, 4)  # DSPy reports a percentage
             self.seq += 1
-            if self.phase == "search" and (self.best is None or score > self.best):
+            if self.phase == "search" and n >= self.dev_size and (self.best is None or score > self.best):
                 self.best = score
                 if program is not None:
                     self.best_state = copy.deepcopy(program.dump_state())
@@ -359,15 +384,20 @@ def run(cfg: dict[str, Any]) -> int:
     stats = Stats()
     guard = Guard(cfg["control_dir"])
     dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=True, disk_cache_dir=cfg["cache_dir"],
-                         disk_size_limit_bytes=2 * 1024**3, restrict_pickle=True)
+                         disk_size_limit_bytes=2 * 1024**3, memory_max_entries=10_000, restrict_pickle=True)
     lm = make_lm(cfg["runner"], cfg, stats, guard)
     judge_lm = make_lm(cfg["judge"], cfg, stats, guard) if cfg.get("judge") else None
     _sig, _program, adapter_cls = programs.classes()
-    tracker = tracker_class()(out, stats, expected_trials(opts))
-    dspy.configure(lm=lm, adapter=adapter_cls(), callbacks=[tracker], max_errors=10**9, num_threads=1)
     trainset = examples(cfg["train_file"])
     valset = examples(cfg.get("valid_file"))
     devset = valset or trainset
+    # the size of a whole-dev-set evaluation in the search (MIPROv2 without a validation file holds out 80%)
+    search_dev = len(valset) if valset else (min(1000, max(1, int(len(trainset) * 0.8)))
+                                             if opts["optimizer"] == "mipro_v2" else len(trainset))
+    tracker = tracker_class()(out, stats, expected_trials(opts), search_dev)
+    # no LM history: a long run would keep every prompt in memory
+    dspy.configure(lm=lm, adapter=adapter_cls(), callbacks=[tracker], max_errors=10**9, num_threads=1,
+                   disable_history=True)
     metric = make_metric(opts["metric"], judge_lm)
     evaluate = dspy.Evaluate(devset=devset, metric=metric, num_threads=1, display_progress=False,
                              max_errors=10**9)
@@ -404,8 +434,11 @@ def run(cfg: dict[str, Any]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".raw.json")
     compiled.save(str(tmp), save_program=False)  # JSON state only: never pickled code
-    state = programs.check_state(tmp.read_bytes())
+    state, dropped = programs.fit_state(json.loads(tmp.read_bytes()))
     tmp.unlink()
+    if dropped:
+        out.message(f"{dropped} demo(s) the program could not keep were dropped (an empty answer, text over the "
+                    "limits, or over the program's size limit)", level="warn")
     path.write_bytes(programs.state_bytes(state))
     cached = stats.lm_calls - stats.new_calls
     out.message(f"LM calls: {stats.lm_calls} ({cached} answered from the cache, {stats.new_calls} new in this "

@@ -361,6 +361,8 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
     recorded_trials = max((e.data.get("trial") or 0 for e in svc.store.read_stream(job_stream(job_id))
                            if e.type == "JobProgressed"), default=0) if optimizing else 0
     failure: dict[str, Any] | None = None
+    first_start = float(state.started_at or time.time())  # the job's first start (this attempt's, if it is the first)
+    last_settings_check = 0.0
     tail = MetricsTail(work / "metrics.jsonl")
     done: dict[str, Any] | None = None
     paused: dict[str, Any] | None = None
@@ -424,6 +426,15 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
                     raise Fenced("lease lost")
                 if progress.pause_requested and not (work / "control" / "pause").exists():
                     (work / "control" / "pause").touch()  # the recipe checks it after every step
+                check_settings = time.monotonic() - last_settings_check >= 10
+                if check_settings:
+                    last_settings_check = time.monotonic()
+                if optimizing and (why := _dspy_must_stop(svc, state, config, first_start, check_settings)):
+                    _stop_child(child)
+                    progress.finish(extra=[NewEvent("JobFailed", {"error": _error(*why), "at": _now()},
+                                                    progress.metadata)])
+                    _drop_dspy_cache(s, job_id, optimizing)
+                    return "failed"
                 if time.monotonic() - last_output > s.stall_seconds:
                     # a hung recipe must not keep a heartbeat (and the job) alive for a day
                     _stop_child(child)
@@ -459,7 +470,7 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
                                         progress.metadata)])
         return "paused"
     if failure is not None:  # the child said why (a provider's permanent refusal)
-        progress.finish(extra=[NewEvent("JobFailed", {"error": _error(failure["code"], failure["message"][:500]),
+        progress.finish(extra=[NewEvent("JobFailed", {"error": _error(failure["code"], _scrub(failure["message"], s)),
                                                       "at": _now()}, progress.metadata)])
         _drop_dspy_cache(s, job_id, optimizing)
         return "failed"
@@ -499,6 +510,26 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
             progress.metadata)])],
     )
     return model_id
+
+
+def _dspy_must_stop(svc: Services, state: JobState, config: dict[str, Any], first_start: float,
+                    check_settings: bool) -> tuple[str, str] | None:
+    """(code, message) when a running DSPy job must stop: past the server's time limit (counted from its first
+    start, across attempts), or a provider model in a project made local-only since it started (checked every
+    10 s)."""
+    s = svc.settings
+    if time.time() - first_start > s.dspy_max_seconds:
+        return ("time_limit_exceeded", f"the optimization ran over this server's limit of {int(s.dspy_max_seconds)} s "
+                "(TUNELOG_DSPY_MAX_SECONDS); set time_budget_s, or use fewer examples or candidates")
+    uses_provider = any((r or {}).get("backend") == "provider" for r in (config["runner"], config.get("judge")))
+    if uses_provider and check_settings:
+        from domain.events import project_stream
+        from domain.projects import fold_settings
+
+        if fold_settings(svc.store.read_stream(project_stream(state.project))).local_only:
+            return ("local_only", "the project was made local-only (settings: local_only) while this job asked an "
+                    "external provider; it was stopped")
+    return None
 
 
 def _drop_dspy_cache(settings, job_id: str, optimizing: bool) -> None:

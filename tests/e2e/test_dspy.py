@@ -259,7 +259,14 @@ def test_bad_dspy_requests_are_refused_and_append_nothing(stack, trainer, files,
     r = create(stack, k, file_id(stack, k, chat), None)
     assert r.status_code == 400 and "no_question" in r.json()["error"]["message"], r.text
     assert "2, 4" in r.json()["error"]["message"]
-    assert appended_since(stack, before) == ["FileUploaded"]  # only the chat file's upload
+    long = [{"question": "Q?", "answer": "A"}] * 3 + [{"question": "Q?", "answer": "word" * 4500}]
+    r = create(stack, k, file_id(stack, k, "".join(json.dumps(x) + "\n" for x in long).encode()), None)
+    assert r.status_code == 400 and "example_too_long" in r.json()["error"]["message"], r.text
+    assert "line(s) 4" in r.json()["error"]["message"]
+    many = file_id(stack, k, b'{"question": "What is it?", "answer": "It"}\n' * 2000)
+    r = create(stack, k, many, None, optimizer="bootstrap_few_shot_with_random_search", num_candidate_programs=32)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "job_too_large", r.text
+    assert appended_since(stack, before) == ["FileUploaded"] * 3  # only the three uploads
     # files: empty, and DSPy examples with problems on lines 2 and 3
     r = upload(stack, k, b"")
     assert r.status_code == 400
