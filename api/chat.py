@@ -360,8 +360,9 @@ def chat_completions():
         if program is not None:  # the answer field of DSPy's format; generation stops at its end marker
             from eventlog.programs import AnswerFilter
 
-            counter = model_server.tokenizer(runner.base_model) if model_server is not None else None
-            pieces = AnswerFilter(pieces, pieces.close, result=gen, tokenizer=counter)
+            base = runner.base_model
+            count = (lambda text: model_server.count_text_tokens(base, text)) if model_server is not None else None
+            pieces = AnswerFilter(pieces, pieces.close, result=gen, count_tokens=count)
         chat_id = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = now()
         meta = metadata(chat_id)

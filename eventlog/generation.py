@@ -200,6 +200,11 @@ class ModelServer:
             text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             return len(tok(text, add_special_tokens=False)["input_ids"])
 
+    def count_text_tokens(self, base_id: str, text: str) -> int:
+        """Tokens of a text (a completion), with the counting tokenizer: never the one a generation streams with."""
+        with self._count_lock:
+            return len(self._counter(base_id)[0](text, add_special_tokens=False)["input_ids"])
+
     def stream(self, *, base_id: str, model_id: str, artifact_path: str | None, messages: list[dict[str, str]],
                max_tokens: int, temperature: float, top_p: float, seed: int | None, result: Generation,
                queue_timeout: float | None = None, time_limit: float | None = None) -> Run:

@@ -342,11 +342,12 @@ class AnswerFilter:
 
     HOLD = len("[[ ## completed ## ]]") + 8
 
-    def __init__(self, pieces: Iterator[str], close: Callable[[], None], result: Any = None, tokenizer: Any = None):
+    def __init__(self, pieces: Iterator[str], close: Callable[[], None], result: Any = None,
+                 count_tokens: Callable[[str], int] | None = None):
         self._pieces = iter(pieces)
         self._close = close
         self._result = result  # a Generation: its text becomes the answer's (and its tokens, when cut short)
-        self._tokenizer = tokenizer
+        self._count_tokens = count_tokens
         self.raw = ""
         self.text = ""
         self._sent = 0  # characters of the answer already yielded
@@ -424,8 +425,8 @@ class AnswerFilter:
             return
         r.text = self.text
         if not r.completion_tokens and self.raw:  # generation stopped at the end marker: count what was made
-            r.completion_tokens = (len(self._tokenizer(self.raw, add_special_tokens=False)["input_ids"])
-                                   if self._tokenizer is not None else len(self.raw.split()))
+            r.completion_tokens = (self._count_tokens(self.raw) if self._count_tokens is not None
+                                   else len(self.raw.split()))
             r.finish_reason = "stop"
 
     def close(self) -> None:

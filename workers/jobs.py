@@ -358,10 +358,11 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
     progress.add("JobMessage", {"level": "info", "message": f"{what} started on the {state.queue} queue "
                                 f"(attempt {attempt}, {max(1, nproc)} process(es))", "at": _now()}, urgent=True)
     # evaluations an earlier attempt recorded: a resumed run replays them (from DSPy's cache), not re-reports them
-    recorded_trials = max((e.data.get("trial") or 0 for e in svc.store.read_stream(job_stream(job_id))
-                           if e.type == "JobProgressed"), default=0) if optimizing else 0
+    history = svc.store.read_stream(job_stream(job_id)) if optimizing else []
+    recorded_trials = max((e.data.get("trial") or 0 for e in history if e.type == "JobProgressed"), default=0)
     failure: dict[str, Any] | None = None
-    first_start = float(state.started_at or time.time())  # the job's first start (this attempt's, if it is the first)
+    # the server's time limit counts the time earlier attempts ran (not the time the job spent paused)
+    first_start = time.time() - _seconds_run(history)  # (this attempt's JobStarted is still open)
     last_settings_check = 0.0
     tail = MetricsTail(work / "metrics.jsonl")
     done: dict[str, Any] | None = None
@@ -512,10 +513,23 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
     return model_id
 
 
+def _seconds_run(events) -> float:
+    """How long a job's ended attempts ran: from each JobStarted to the pause, loss or end that closed it."""
+    total, started = 0.0, None
+    for e in events:
+        if e.type == "JobStarted":
+            started = e.recorded_at.timestamp()
+        elif started is not None and e.type in ("JobPaused", "JobAttemptLost", "JobSucceeded", "JobFailed",
+                                                 "JobCancelled"):
+            total += e.recorded_at.timestamp() - started
+            started = None
+    return total
+
+
 def _dspy_must_stop(svc: Services, state: JobState, config: dict[str, Any], first_start: float,
                     check_settings: bool) -> tuple[str, str] | None:
-    """(code, message) when a running DSPy job must stop: past the server's time limit (counted from its first
-    start, across attempts), or a provider model in a project made local-only since it started (checked every
+    """(code, message) when a running DSPy job must stop: past the server's time limit (its attempts' running
+    time together), or a provider model in a project made local-only since it started (checked every
     10 s)."""
     s = svc.settings
     if time.time() - first_start > s.dspy_max_seconds:
