@@ -12,6 +12,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     from api import (
         admin,
+        audit,
         auth,
         chat,
         errors,
@@ -23,6 +24,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         programs,
         registry,
         web,
+        webhooks,
     )
     from api.exports import register as register_exports
     from eventlog import settings as settings_mod
@@ -53,6 +55,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(registry.bp)
     app.register_blueprint(chat.bp)
     app.register_blueprint(programs.bp)  # DSPy programs: export and import
+    app.register_blueprint(audit.bp)  # history, lineage, the registry as of a point, chat records
+    app.register_blueprint(webhooks.bp)
     register_exports(app)  # /api/models/<id>/export(s), DELETE /v1/models/<id>
     app.register_blueprint(web.bp)
     if os.environ.get("TUNELOG_PRELOAD_MODELS") == "1":

@@ -88,8 +88,13 @@ def revoke_key(key_id: str):
 
 @bp.get("/events")
 def audit_log():
-    """The log, in order: a project admin sees its own project's streams; the operator sees all."""
-    p = require("admin")
+    """The log, in order, cursor-paged (`after` a position; `limit`), filtered by `stream`, `type` (one or a
+    comma-separated list) and a time window (`since`, `until`: ISO times). Every key of a project reads its own
+    project's streams (readers other than its admin without chat text, key hashes or names); the operator
+    reads all."""
+    from api.audit import _reader_view
+
+    p = require("admin", "trainer", "viewer")
     try:
         after = int(request.args.get("after", 0))
     except ValueError:
@@ -109,6 +114,17 @@ def audit_log():
     if stream:
         sql += " AND e.stream_id = %s"
         params.append(stream)
+    types = [t for t in (request.args.get("type") or "").split(",") if t.strip()]
+    if types:
+        if len(types) > 50 or any(len(t) > 100 or not t.strip().isidentifier() for t in types):
+            raise ValidationError("type is an event type (e.g. JobCreated) or a comma-separated list of at most 50",
+                                  param="type")
+        sql += " AND e.type = ANY(%s)"
+        params.append([t.strip() for t in types])
+    for name, op in (("since", ">="), ("until", "<=")):
+        if request.args.get(name):
+            sql += f" AND e.recorded_at {op} %s"
+            params.append(_iso(name))
     sql += " ORDER BY e.global_position LIMIT %s"
     params.append(limit)
     with svc().pool.connection() as c:
@@ -116,9 +132,22 @@ def audit_log():
     data = []
     for r in rows:
         type_, payload = upcast(r["type"], r["data"])  # readers see today's shapes, like every reader
-        data.append({**r, "type": type_, "data": payload, "recorded_at": r["recorded_at"].isoformat()})
+        data.append({**r, "type": type_, "data": _reader_view(type_, payload),
+                     "recorded_at": r["recorded_at"].isoformat()})
     return jsonify({"object": "list", "data": data,
                     "next_after": data[-1]["global_position"] if data else after})
+
+
+def _iso(name: str):
+    import datetime
+
+    raw = request.args[name].strip()
+    try:
+        when = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError(f"{name} must be an ISO time (e.g. 2026-11-30T12:00:00Z), got {raw[:40]!r}",
+                              param=name) from None
+    return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
 
 
 @bp.post("/admin/replay")

@@ -286,7 +286,8 @@ def _record(resolved: ResolvedModel, req: dict[str, Any], chat_id: str, sources:
         prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens, created_at=created,
         messages=req["messages"] if store_text else None, answer=gen.text if store_text else None,
         provider=(redactions or {}).get("provider"),
-        redactions={k: v for k, v in redactions.items() if k != "provider"} if redactions else None)
+        redactions={k: v for k, v in redactions.items() if k != "provider"} if redactions else None,
+        sampling={k: req[k] for k in ("temperature", "top_p", "max_tokens", "seed", "retrieval", "top_k")})
     return svc().store.append(chat_stream(chat_id), 0, [NewEvent(ev.type, ev.to_data(), request_meta)],
                               command=cmd.command(chat_id, body if store_text else None))
 

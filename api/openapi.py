@@ -302,6 +302,12 @@ def schemas() -> dict[str, Any]:
                          stream_version={"type": "integer"}, type={"type": "string"}, data={"type": "object"},
                          metadata={"type": "object"}, recorded_at={"type": "string"}),
         "AuditLog": _list("LogEvent", next_after={"type": "integer"}),
+        "CreateWebhook": {**_obj(["url"], url={"type": "string", "format": "uri"},
+                                 event_types={"type": "array", "minItems": 1, "items": {"enum": [
+                                     "job.created", "job.started", "job.paused", "job.succeeded", "job.failed",
+                                     "job.cancelled", "model.registered", "model.deleted", "model.exported",
+                                     "alias.promoted"]}},
+                                 description={"type": "string"}), "additionalProperties": False},
         "Rebuild": _obj(["object"], object={"enum": ["replay", "verify"]}, actor={"type": "string"}),
         "DeadLetter": _obj(["projection", "global_position", "stream_id", "type", "attempts", "error", "parked"],
                            projection={"type": "string"}, global_position={"type": "integer"},
@@ -502,10 +508,44 @@ def document() -> dict[str, Any]:
                                      returns="ApiKeyList", params=[_q("project", "operator only")])},
             "/api/keys/{key_id}": {"delete": _op("Revoke an API key (admin)", "admin", returns="ApiKeyRevoked",
                                                  params=[_p("key_id")])},
-            "/api/events": {"get": _op("Audit log (admin: its project's streams; operator: all)", "admin",
+            "/api/events": {"get": _op("Audit log: the project's streams in log order (readers other than its admin "
+                                       "without chat text, key hashes or names; the operator: all)", "audit",
                                        returns="AuditLog", params=[
                                            _q("after", "position", {"type": "integer", "minimum": 0}),
-                                           _limit(1000), _q("stream", "stream id")])},
+                                           _limit(1000), _q("stream", "stream id"),
+                                           _q("type", "an event type, or a comma-separated list"),
+                                           _q("since", "ISO time"), _q("until", "ISO time")])},
+            "/api/models/{model_id}/history": {"get": _op(
+                "Every event that shaped a model (its job's submission and states, checkpoints, registration, "
+                "exports, promotions and demotions, deletion), with actor, reason and time", "audit",
+                returns={"application/json": {"schema": {"type": "object"}}}, params=[_p("model_id")])},
+            "/api/models/{model_id}/lineage": {"get": _op(
+                "A model's lineage as a graph: files -> job -> checkpoints -> model -> aliases -> chats -> feedback "
+                "-> training files built from it -> next models; and the previous model of one trained from "
+                "feedback", "audit", returns={"application/json": {"schema": {"type": "object"}}},
+                params=[_p("model_id")])},
+            "/api/registry": {"get": _op(
+                "Every model and alias of the project as they stood at `as_of` (an ISO time or a global position), "
+                "folded from the log", "audit", returns={"application/json": {"schema": {"type": "object"}}},
+                params=[{**_q("as_of", "ISO time or global position"), "required": True}])},
+            "/api/chats/{chat_id}": {"get": _op(
+                "What produced a chat answer: model (kind, content hash), sampling settings, chunks with their "
+                "document versions", "audit", returns={"application/json": {"schema": {"type": "object"}}},
+                params=[_p("chat_id")])},
+            "/api/webhooks": {
+                "post": _op("Create a webhook (admin): job, model and alias events POSTed to `url` (a host the "
+                            "operator allows), signed per Standard Webhooks; the secret is in this response only",
+                            "webhooks", ok="201", returns={"application/json": {"schema": {"type": "object"}}},
+                            body=JSON("CreateWebhook")),
+                "get": _op("This project's webhooks (admin)", "webhooks",
+                           returns={"application/json": {"schema": {"type": "object"}}})},
+            "/api/webhooks/{webhook_id}": {
+                "get": _op("A webhook and its latest delivery attempts (admin)", "webhooks",
+                           returns={"application/json": {"schema": {"type": "object"}}},
+                           params=[_p("webhook_id"), _limit(200)]),
+                "delete": _op("Delete a webhook (admin)", "webhooks",
+                              returns={"application/json": {"schema": {"type": "object"}}},
+                              params=[_p("webhook_id")])},
             "/api/admin/replay": {"post": _op("Rebuild every read model from the log and swap it in (operator)",
                                               "admin", returns="Rebuild")},
             "/api/admin/verify": {"post": _op("Rebuild aside and compare with the live read models (operator)",

@@ -383,6 +383,8 @@ class ChatAnswered(Event):
     answer: str | None = None
     provider: str | None = None  # answered through a delegated provider
     redactions: dict[str, int] | None = None  # what was redacted from the prompt sent to that provider
+    # how it was generated: temperature, top_p, max_tokens, seed, retrieval and top_k (absent before issue 10)
+    sampling: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -368,7 +368,14 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    from eventlog.webhooks import Deliverer
+
+    # webhook deliveries on a thread of their own: a slow receiver never holds dispatching up
+    deliverer = threading.Thread(target=Deliverer(bootstrap(pool_size=2)).run, args=(stop,), name="webhooks",
+                                 daemon=True)
+    deliverer.start()
     Dispatcher(svc).run(stop)
+    deliverer.join(timeout=15)
     log.info("dispatcher stopped")
 
 

@@ -88,7 +88,8 @@ def svc(settings):
 def stack(pg_server, redis_server, tmp_root, base_model):
     """API, projector, dispatcher and two cpu workers, on their own database, from the Procfile."""
     s = launch_stack(create_database(pg_server, "e2e"), redis_server, tmp_root / "stack", MODEL_DIR,
-                     TUNELOG_MAX_UPLOAD_BYTES=str(512 * 1024), TUNELOG_WEB_THREADS="8", TUNELOG_PRELOAD_MODELS="1")
+                     TUNELOG_MAX_UPLOAD_BYTES=str(512 * 1024), TUNELOG_WEB_THREADS="8", TUNELOG_PRELOAD_MODELS="1",
+                     TUNELOG_WEBHOOK_HOSTS="127.0.0.1")
     yield s
     s.stop_all()
 

@@ -230,3 +230,23 @@ def program_state(demos: list[dict] | None = None, instructions: str = "Answer t
     return {"respond": {"traces": [], "train": [], "demos": demos or [], "lm": None,
                         "signature": {"instructions": instructions, "fields": fields}},
             "metadata": {"dependency_versions": {"python": "3.11", "dspy": "3.4.1"}}}
+
+
+def register_model(stack, project: str, job_id: str | None = None, model_id: str | None = None,
+                   base: str = "smollm2-135m-instruct") -> str:
+    """A registered fine-tuned model, as a succeeded job leaves it (the ModelRegistered event, no weights)."""
+    import os
+    import time
+
+    from eventlog.db import pool
+    from eventlog.store import EventStore, NewEvent
+
+    job_id = job_id or "ftjob-" + os.urandom(12).hex()
+    model_id = model_id or f"ft:{base}:{project}:matrix:{job_id[-8:]}"
+    store = EventStore(pool(stack.env["DATABASE_URL"]))
+    store.append(f"model-{model_id}", 0, [NewEvent("ModelRegistered", {
+        "id": model_id, "project": project, "base_model": base, "backend": "hf-lora", "job_id": job_id,
+        "artifact_path": f"artifacts/{job_id}/model", "created_at": int(time.time()),
+        "lineage": {"base_model": base, "job_id": job_id, "final_metrics": {}}}, {"actor": "test"})])
+    wait_for(lambda: stack.sql("SELECT 1 FROM models WHERE id = %s", (model_id,)), 30, what="the model projected")
+    return model_id

@@ -498,6 +498,7 @@ def _train(svc: Services, won: Claim, progress: ProgressLog, lease: Lease) -> st
         "training_file_sha256": won.training_file_sha256, "validation_file": state.validation_file,
         "hyperparameters": state.hyperparameters, "method": state.method, "seed": state.seed,
         "attempt": attempt, "final_metrics": final_metrics, "rerun_of": state.rerun_of,
+        "artifact_sha256": _folder_sha256(job_dir / "model"),  # what answers chat is exactly these bytes
     }
     now = _now()
     backend = "hf-lora" if config["lora"] else "hf-full"
@@ -544,6 +545,23 @@ def _dspy_must_stop(svc: Services, state: JobState, config: dict[str, Any], firs
             return ("local_only", "the project was made local-only (settings: local_only) while this job asked an "
                     "external provider; it was stopped")
     return None
+
+
+def _folder_sha256(folder: Path) -> str | None:
+    """One hash over a model folder's files (names and bytes, in name order): the model's content version."""
+    import hashlib
+
+    try:
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+    except OSError:
+        return None
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.relative_to(folder).as_posix().encode() + b"\0")
+        with open(p, "rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def _drop_dspy_cache(settings, job_id: str, optimizing: bool) -> None:

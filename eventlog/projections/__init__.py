@@ -11,9 +11,10 @@ from eventlog.projections.jobs import JobsProjection
 from eventlog.projections.keys import KeysProjection
 from eventlog.projections.models import ModelsProjection
 from eventlog.projections.streams import StreamProjectsProjection
+from eventlog.projections.webhooks import WebhooksProjection
 
 
 def all_projections() -> list:
     return [FilesProjection(), JobsProjection(), CheckpointsProjection(), KeysProjection(), ModelsProjection(),
             DocumentsProjection(), AliasesProjection(), SettingsProjection(), ChatProjection(),
-            StreamProjectsProjection()]
+            StreamProjectsProjection(), WebhooksProjection()]

@@ -27,7 +27,7 @@ import pytest
 
 from eventlog.keys import hash_key, key_id_for
 from tests.conftest import DATA
-from tests.helpers import program_state, wait_for
+from tests.helpers import program_state, register_model
 
 GOOD = (DATA / "tiny_train.jsonl").read_bytes()
 BASE = "smollm2-135m-instruct"
@@ -100,6 +100,9 @@ class Probe:
             r = s.http("POST", "/api/keys", s.admin_key, json={"role": "viewer", "project": t.project})
         elif kind == "model":  # a registered fine-tuned model, as a succeeded job leaves it (no weights needed)
             return register_model(s, t.project)
+        elif kind == "webhook":  # made by the target project's admin (the operator's own: by the operator)
+            creator = s.admin_key if t is self.world.d else self.world.keys[("admin", "own")]["key"]
+            r = s.http("POST", "/api/webhooks", creator, json=WEBHOOK)
         elif kind == "program":  # a DSPy program, imported
             r = s.http("POST", "/api/programs", t.creator, json={"model": BASE, "program": program_state()})
         else:
@@ -108,21 +111,6 @@ class Probe:
         if kind == "doc":
             self.fresh_docs.append(r.json()["id"])
         return r.json()["id"]
-
-
-def register_model(stack, project: str) -> str:
-    from eventlog.db import pool
-    from eventlog.store import EventStore, NewEvent
-
-    job_id = "ftjob-" + os.urandom(12).hex()
-    model_id = f"ft:{BASE}:{project}:matrix:{job_id[-8:]}"
-    store = EventStore(pool(stack.env["DATABASE_URL"]))
-    store.append(f"model-{model_id}", 0, [NewEvent("ModelRegistered", {
-        "id": model_id, "project": project, "base_model": BASE, "backend": "hf-lora", "job_id": job_id,
-        "artifact_path": f"artifacts/{job_id}/model", "created_at": int(time.time()),
-        "lineage": {"base_model": BASE, "job_id": job_id, "final_metrics": {}}}, {"actor": "test"})])
-    wait_for(lambda: stack.sql("SELECT 1 FROM models WHERE id = %s", (model_id,)), 30, what="the model projected")
-    return model_id
 
 
 Build = Callable[[Probe], "str | tuple[str, dict[str, Any]]"]
@@ -193,6 +181,7 @@ def _no_job_for_other(p: Probe, r) -> None:
         assert r.json()["data"] == [], "another project's audit log stream must show nothing"
 
 
+WEBHOOK = {"url": "http://127.0.0.1:9/hook", "event_types": ["model.exported"]}  # never delivered: no exports here
 CHAT = {"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 1, "retrieval": False,
         "temperature": 0}
 OVER_WINDOW = {"messages": [{"role": "user", "content": "hi " * 7000}], "max_tokens": 2048, "retrieval": False}
@@ -261,6 +250,10 @@ TABLE: list[Route] = [
     Route("GET", "/api/models/<path:model_id>/exports/<export_id>/files/<path:name>",
           "401 | 404 404 | 404 404 | 404 404 | 404 404",
           lambda p: f"/api/models/{p.fresh('model')}/exports/export-{'0' * 24}/files/merged/config.json"),
+    Route("GET", "/api/models/<path:model_id>/history", READ, lambda p: f"/api/models/{p.fresh('model')}/history"),
+    Route("GET", "/api/models/<path:model_id>/lineage", READ, lambda p: f"/api/models/{p.fresh('model')}/lineage"),
+    Route("GET", "/api/registry", LIST, lambda p: f"/api/registry?as_of={2**40}"),
+    Route("GET", "/api/chats/<chat_id>", READ, lambda p: f"/api/chats/{p.target.chat}"),
     Route("GET", "/api/models/<path:model_id>/program", READ,
           lambda p: f"/api/models/{p.fresh('program')}/program"),
     Route("POST", "/api/programs", "401 | 403 403 | 201 201 | 201 201 | 201 201",
@@ -287,12 +280,19 @@ TABLE: list[Route] = [
           cross_ok=True, check=_operator_sees_a("key")),
     Route("DELETE", "/api/keys/<key_id>", "401 | 403 403 | 403 403 | 200 404 | 200 200",
           lambda p: f"/api/keys/{p.fresh('key')}", cross_ok=True),
-    Route("GET", "/api/events", "401 | 403 403 | 403 403 | 200 200 | 200 200",
+    Route("GET", "/api/events", "401 | 200 200 | 200 200 | 200 200 | 200 200",
           lambda p: f"/api/events?stream=job-{p.target.job}&limit=1000", cross_ok=True,
           check=lambda p, r: (_no_job_for_other(p, r), _operator_sees_a("job")(p, r))),
     Route("POST", "/api/admin/replay", "401 | 403 403 | 403 403 | 403 403 | 200 -", lambda p: "/api/admin/replay"),
     Route("POST", "/api/admin/verify", "401 | 403 403 | 403 403 | 403 403 | 200 -", lambda p: "/api/admin/verify"),
     Route("GET", "/api/admin/dead-letters", OPERATOR_ONLY, lambda p: "/api/admin/dead-letters"),
+    Route("POST", "/api/webhooks", "401 | 403 403 | 403 403 | 201 201 | 201 201",
+          lambda p: _body("/api/webhooks", json=WEBHOOK)),
+    Route("GET", "/api/webhooks", "401 | 403 403 | 403 403 | 200 200 | 200 200", lambda p: "/api/webhooks"),
+    Route("GET", "/api/webhooks/<webhook_id>", "401 | 403 403 | 403 403 | 200 404 | 200 404",
+          lambda p: f"/api/webhooks/{p.fresh('webhook')}"),
+    Route("DELETE", "/api/webhooks/<webhook_id>", "401 | 403 403 | 403 403 | 200 404 | 200 404",
+          lambda p: f"/api/webhooks/{p.fresh('webhook')}"),
     # ---- knowledge base
     Route("POST", "/api/documents", "401 | 403 403 | 201 201 | 201 201 | 201 201",
           lambda p: _body("/api/documents", json={"title": "matrix", "text": "Leaves are green."}),

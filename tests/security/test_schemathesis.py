@@ -41,6 +41,8 @@ CHECKS = [not_a_server_error, response_schema_conformance]
 POSITIVE, NEGATIVE, SEEDED, ADMIN = 16, 8, 12, 8  # examples per operation and kind
 CHAT_EXAMPLES = 6  # the chat route's rate limit is 30/minute per key; each case costs a resolve at least
 ADMIN_ONLY = {"POST /api/keys", "GET /api/keys", "DELETE /api/keys/{key_id}", "GET /api/events",
+              "POST /api/webhooks", "GET /api/webhooks", "GET /api/webhooks/{webhook_id}",
+              "DELETE /api/webhooks/{webhook_id}",
               "GET /api/chat/answers", "PUT /api/settings", "PATCH /api/settings"}
 
 
