@@ -206,18 +206,25 @@ def _as_of() -> tuple[str, Any]:
 def registry_as_of():
     """Every model and alias of the project as they stood at `as_of`, folded from the log up to that point
     (the live tables are not read)."""
+    kind, value = _as_of()
+    with svc().pool.connection() as c:
+        return jsonify(registry_at(c, g.principal.project, kind, value))
+
+
+def registry_at(c, project: str, kind: str, value: Any) -> dict[str, Any]:
+    """The project's models and aliases folded from the registry's events up to a position or a time."""
     from api.registry import DEFAULT_BASE
     from domain.projects import DEFAULT_ALIAS
 
-    kind, value = _as_of()
-    project = g.principal.project
-    cond = "global_position <= %s" if kind == "position" else "recorded_at <= %s"
-    with svc().pool.connection() as c:
-        rows = c.execute(
-            f"SELECT {COLS} FROM events WHERE {cond} AND type IN ('ModelRegistered', 'ModelDeleted', 'AliasPromoted') "
-            "ORDER BY global_position", (value,)).fetchall()
-        last = c.execute(f"SELECT max(global_position) AS p, max(recorded_at) AS t FROM events WHERE {cond}",
-                         (value,)).fetchone()
+    if kind == "time":  # the last event recorded by then (through the index on recorded_at), then by position
+        row = c.execute("SELECT global_position FROM events WHERE recorded_at <= %s ORDER BY recorded_at DESC, "
+                        "global_position DESC LIMIT 1", (value,)).fetchone()
+        value = row["global_position"] if row else 0
+    rows = c.execute(
+        f"SELECT {COLS} FROM events WHERE global_position <= %s AND type IN ('ModelRegistered', 'ModelDeleted', "
+        "'AliasPromoted') ORDER BY global_position", (value,)).fetchall()
+    last = c.execute("SELECT global_position AS p, recorded_at AS t FROM events WHERE global_position <= %s "
+                     "ORDER BY global_position DESC LIMIT 1", (value,)).fetchone() or {"p": 0, "t": None}
     models: dict[str, dict[str, Any]] = {}
     aliases: dict[str, dict[str, Any]] = {DEFAULT_ALIAS: {"alias": DEFAULT_ALIAS, "model": DEFAULT_BASE,
                                                           "since": None, "reason": "default"}}
@@ -233,9 +240,9 @@ def registry_as_of():
             aliases[d["alias"]] = {"alias": d["alias"], "model": d["model"], "since": r["recorded_at"].isoformat(),
                                    "reason": d["reason"], "actor": (r["metadata"] or {}).get("actor"),
                                    "position": r["global_position"]}
-    return jsonify({"object": "registry", "project": project,
-                    "as_of": {"position": last["p"] or 0, "time": last["t"].isoformat() if last["t"] else None},
-                    "models": list(models.values()), "aliases": sorted(aliases.values(), key=lambda a: a["alias"])})
+    return {"object": "registry", "project": project,
+            "as_of": {"position": last["p"] or 0, "time": last["t"].isoformat() if last["t"] else None},
+            "models": list(models.values()), "aliases": sorted(aliases.values(), key=lambda a: a["alias"])}
 
 
 @bp.get("/chats/<chat_id>")

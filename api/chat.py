@@ -14,7 +14,7 @@ from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 from api.auth import require
 from api.common import Idempotent, append_and_respond, fingerprint, json_body, metadata, now, owned, page_limit, svc
 from api.registry import ResolvedModel, resolve, settings_for
-from domain.errors import Conflict, IdempotencyMismatch, ServiceUnavailable, ValidationError
+from domain.errors import Conflict, IdempotencyMismatch, NotFound, ServiceUnavailable, ValidationError
 from domain.events import ChatAnswered, FeedbackApproved, FeedbackGiven, chat_stream
 from eventlog.store import AppendResult, Command, NewEvent
 
@@ -245,7 +245,6 @@ def _delegated(project: str, resolved: ResolvedModel):
 def _program_of(project: str, resolved: ResolvedModel) -> tuple[dict[str, Any], ResolvedModel]:
     """A DSPy program's checked state (from Postgres, by the hash its lineage names) and the chat model it runs
     on; 409 if that model was deleted since (the program is only as good as the model it was optimized on)."""
-    from domain.errors import NotFound
     from eventlog.programs import check_state
 
     with svc().pool.connection() as c:
@@ -456,7 +455,13 @@ def give_feedback():
     chat_id = body.get("chat_id")
     if not isinstance(chat_id, str):
         raise ValidationError("chat_id is required (the id of a chat completion)", param="chat_id")
-    answer = owned("chat_answers", chat_id, "chat answer", "chat_id")
+    try:
+        answer = owned("chat_answers", chat_id, "chat answer", "chat_id")
+    except NotFound:  # feedback right after the answer: the answer's event may not be projected yet
+        from api.common import fresh
+
+        fresh(svc().pool)
+        answer = owned("chat_answers", chat_id, "chat answer", "chat_id")
     rating = body.get("rating")
     if isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5:
         raise ValidationError("rating must be an integer from 1 to 5", param="rating")

@@ -103,6 +103,13 @@ def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     return console.export_text().rstrip()
 
 
+def show_list(path: str, cols: list[str], json_: bool) -> None:
+    """A list route's `data`, as a table (or JSON)."""
+    JSON_OUT["on"] = json_
+    data = call("GET", path)["data"]
+    out(data, table(data, cols))
+
+
 def _file(path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -121,9 +128,7 @@ def files_upload(path: Path, purpose: str = "fine-tune", json_: JsonOpt = False)
 
 @files_app.command("list")
 def files_list(json_: JsonOpt = False):
-    JSON_OUT["on"] = json_
-    data = call("GET", "/v1/files")["data"]
-    out(data, table(data, ["id", "filename", "bytes", "created_at"]))
+    show_list("/v1/files", ["id", "filename", "bytes", "created_at"], json_)
 
 
 @files_app.command("validate")
@@ -287,9 +292,7 @@ def jobs_follow(job_id: str, interval: float = 1.0):
 # ---- models, registry ----------------------------------------------------------------------------------
 @models_app.command("list")
 def models_list(json_: JsonOpt = False):
-    JSON_OUT["on"] = json_
-    data = call("GET", "/v1/models")["data"]
-    out(data, table(data, ["id", "kind", "root", "target"]))
+    show_list("/v1/models", ["id", "kind", "root", "target"], json_)
 
 
 @models_app.command("get")
@@ -423,9 +426,7 @@ def docs_add(path: Path, title: str | None = None, json_: JsonOpt = False):
 
 @docs_app.command("list")
 def docs_list(json_: JsonOpt = False):
-    JSON_OUT["on"] = json_
-    data = call("GET", "/api/documents")["data"]
-    out(data, table(data, ["id", "title", "status", "n_chunks"]))
+    show_list("/api/documents", ["id", "title", "status", "n_chunks"], json_)
 
 
 @docs_app.command("delete")

@@ -127,6 +127,25 @@ def bench_batched(server: str, batches: int) -> None:
     report("batched progress append, 100 events/append", ours, base, "ev/s", "raw 100-row INSERT", ">= 25,000 ev/s")
 
 
+def _raw_scan(url: str) -> tuple[int, float]:
+    """The baseline of the replay benchmarks: every event read through a server-side cursor, nothing done with
+    it. (events, events per second)."""
+    import psycopg
+
+    from eventlog.settings import psycopg_url
+
+    with psycopg.connect(psycopg_url(url)) as conn:
+        t0 = time.perf_counter()
+        count = 0
+        with conn.cursor(name="scan") as cur:
+            cur.itersize = 5000
+            cur.execute("SELECT global_position, stream_id, stream_version, type, data, metadata, recorded_at "
+                        "FROM events ORDER BY global_position")
+            for _row in cur:
+                count += 1
+        return count, count / (time.perf_counter() - t0)
+
+
 def bench_replay(server: str, total: int) -> None:
     from eventlog.runner import catch_up, replay
 
@@ -157,20 +176,7 @@ def bench_replay(server: str, total: int) -> None:
     t0 = time.perf_counter()
     r = replay(p)
     ours = r["events"] / (time.perf_counter() - t0)
-    import psycopg
-
-    from eventlog.settings import psycopg_url
-
-    with psycopg.connect(psycopg_url(url)) as conn:
-        t0 = time.perf_counter()
-        count = 0
-        with conn.cursor(name="scan") as cur:
-            cur.itersize = 5000
-            cur.execute("SELECT global_position, stream_id, stream_version, type, data, metadata, recorded_at "
-                        "FROM events ORDER BY global_position")
-            for _row in cur:
-                count += 1
-        base = count / (time.perf_counter() - t0)
+    count, base = _raw_scan(url)
     assert count == n == r["events"]
     report(f"full replay of {n:,} events (5 read models)", ours, base, "ev/s", "raw server-side cursor scan",
            ">= 60,000 ev/s")
@@ -945,15 +951,106 @@ def bench_dspy(server: str, redis_url: str, tmp: Path, candidates: int) -> None:
            "plain dspy script, same optimizer", "<= 1.1x", higher_is_better=False)
 
 
+def bench_audit(server: str, total: int) -> None:
+    """A log of `total` events in a realistic mix (per job: created, started, 40 progress events, 2 checkpoints,
+    succeeded, its model; 30 chats answered; every 10th job a promotion, every 20th a document indexed):
+    replay (rebuild every read model aside and swap it in) vs a raw server-side cursor scan of the same events,
+    and `GET /api/registry?as_of=` (api/audit.registry_at) at points across the log."""
+    from api.audit import registry_at
+    from eventlog.runner import catch_up, replay
+    from eventlog.store import Append
+
+    url = create_database(server, "bench_audit")
+    p = pool(url, max_size=2)
+    store = EventStore(p)
+    t_fill = time.perf_counter()
+    j = 0
+    pending: list = []
+    n_events = 0
+
+    def flush():
+        nonlocal pending
+        if pending:
+            store.append_many(pending)
+            pending = []
+
+    while n_events < total:
+        jid = f"ftjob-audit{j:07d}"
+        model = f"ft:smollm2-135m-instruct:bench::{j:08d}"
+        job = [NewEvent("JobCreated", {
+            "id": jid, "project": "bench", "model": "smollm2-135m-instruct", "backend": "hf-lora", "queue": "cpu",
+            "training_file": "file-x", "training_file_sha256": "0" * 64, "validation_file": None,
+            "validation_file_sha256": None, "hyperparameters": {"n_epochs": 1}, "method": {"type": "supervised"},
+            "suffix": None, "seed": j, "metadata": None, "created_at": 1_700_000_000 + j}),
+            NewEvent("JobStarted", {"attempt": 1, "worker": "w", "started_at": 1_700_000_001 + j})]
+        job += [NewEvent("JobProgressed", {"step": s, "total_steps": 40, "epoch": s / 40, "train_loss": 1 / (s + 1),
+                                           "learning_rate": 1e-4, "at": 1_700_000_002 + j}) for s in range(1, 41)]
+        job += [NewEvent("CheckpointSaved", {"id": f"ftckpt-{j}-a1-{s}", "attempt": 1, "job_id": jid,
+                                             "project": "bench", "step": s, "path": f"artifacts/{jid}/checkpoints/{s}",
+                                             "fine_tuned_model_checkpoint": f"{model}:ckpt-step-{s}", "metrics": {},
+                                             "at": 1_700_000_003 + j}) for s in (20, 40)]
+        job.append(NewEvent("JobSucceeded", {"fine_tuned_model": model, "trained_tokens": 1000,
+                                             "artifact_path": f"artifacts/{jid}/model", "at": 1_700_000_004 + j}))
+        pending.append(Append(f"job-{jid}", 0, job))
+        pending.append(Append(f"model-{model}", 0, [NewEvent("ModelRegistered", {
+            "id": model, "project": "bench", "base_model": "smollm2-135m-instruct", "backend": "hf-lora",
+            "job_id": jid, "artifact_path": f"artifacts/{jid}/model", "created_at": 1_700_000_004 + j,
+            "lineage": {"job_id": jid, "final_metrics": {"valid_loss": 1.0}}})]))
+        for c in range(30):
+            cid = f"chatcmpl-{j:08d}{c:04d}"
+            pending.append(Append(f"chat-{cid}", 0, [NewEvent("ChatAnswered", {
+                "id": cid, "project": "bench", "model": model, "alias": "tutor", "chunk_ids": [], "latency_ms": 900.0,
+                "prompt_tokens": 200, "completion_tokens": 60, "created_at": 1_700_000_005 + j})]))
+        n_events += len(job) + 1 + 30
+        if j % 10 == 0:
+            pending.append(Append("alias-bench/tutor", None, [NewEvent("AliasPromoted", {
+                "project": "bench", "alias": "tutor", "model": model, "previous": None, "reason": "bench",
+                "at": 1_700_000_006 + j})]))
+            n_events += 1
+        if j % 20 == 0:
+            did = f"doc-{j:08d}"
+            pending.append(Append(f"document-{did}", 0, [
+                NewEvent("DocumentAdded", {"id": did, "project": "bench", "title": f"doc {j}", "filename": None,
+                                           "media_type": "text/plain", "bytes": 10, "sha256": "1" * 64,
+                                           "text_sha256": "2" * 64, "created_at": 1_700_000_007 + j}),
+                NewEvent("DocumentIndexed", {"id": did, "n_chunks": 0, "at": 1_700_000_008 + j})]))
+            n_events += 2
+        j += 1
+        if len(pending) >= 300:
+            flush()
+    flush()
+    print(f"  {store.head():,} events written in {time.perf_counter() - t_fill:.0f} s ({j:,} jobs)", flush=True)
+    catch_up(p)
+    with p.connection() as c:
+        c.execute("VACUUM ANALYZE events")
+    n = store.head()
+    t0 = time.perf_counter()
+    r = replay(p)
+    ours = r["events"] / (time.perf_counter() - t0)
+    count, base = _raw_scan(url)
+    report(f"replay of a {n:,}-event mixed log (12 read models)", ours, base, "ev/s", "raw server-side cursor scan",
+           ">= 60,000 ev/s")
+    times = []
+    with p.connection() as c:
+        for frac in (0.1, 0.5, 0.9, 1.0):
+            t0 = time.perf_counter()
+            reg = registry_at(c, "bench", "position", int(n * frac))
+            times.append(time.perf_counter() - t0)
+            print(f"  registry as of {frac:.0%} of the log: {len(reg['models']):,} models, tutor -> "
+                  f"{next(a['model'] for a in reg['aliases'] if a['alias'] == 'tutor')}, {times[-1]:.2f} s", flush=True)
+    report("registry as_of on that log, slowest of 4", max(times), 2.0, "s", "target bound", "<= 2 s",
+           higher_is_better=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     ap.add_argument("--only", nargs="*", default=None,
-                    help="appends batched replay latency retrieval ingest chat api train delegate dspy")
+                    help="appends batched replay latency retrieval ingest chat api train delegate dspy audit")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
     only = set(args.only or ["appends", "batched", "replay", "latency", "retrieval", "ingest", "chat", "api",
-                                    "train", "delegate", "dspy"])
+                                    "train", "delegate", "dspy", "audit"])
     tmp = Path(tempfile.mkdtemp(prefix="tunelog-bench-"))
     pg = EmbeddedPostgres(tmp / "pg", dbname="postgres")
     rs = EmbeddedRedis(tmp / "redis")
@@ -983,6 +1080,8 @@ def main() -> None:
             bench_delegate(server, redis_url, tmp, 20 if args.quick else 200)
         if "dspy" in only:
             bench_dspy(server, redis_url, tmp, 1 if args.quick else 2)
+        if "audit" in only:
+            bench_audit(server, 100_000 if args.quick else 1_000_000)
     finally:
         rs.stop()
         pg.stop()

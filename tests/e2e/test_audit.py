@@ -148,6 +148,9 @@ def test_the_lineage_of_a_model_trained_from_feedback_reaches_the_model_it_corre
 def test_the_audit_log_filters_by_type_and_time_and_hides_chat_text_from_pupils(stack, admin):
     k, project = admin["key"], admin["project"]
     assert stack.http("PUT", "/api/settings", k, json={"store_chat_text": True}).status_code == 200
+    wait_for(lambda: (stack.sql("SELECT settings FROM project_settings WHERE project = %s", (project,)) or [{}])[0]
+             .get("settings", {}).get("store_chat_text"), 30, what="the setting projected")
+    promote(stack, k, BASE, "the audit log test")
     r = stack.http("POST", "/v1/chat/completions", k, json={
         "model": BASE, "max_tokens": 1, "retrieval": False, "messages": [{"role": "user", "content": "Secret?"}]})
     assert r.status_code == 200
@@ -157,7 +160,8 @@ def test_the_audit_log_filters_by_type_and_time_and_hides_chat_text_from_pupils(
     assert r.status_code == 200, r.text
     types = {e["type"] for e in r.json()["data"]}
     assert types == {"ChatAnswered", "AliasPromoted"}, types
-    assert any(e["data"]["messages"] for e in r.json()["data"] if e["type"] == "ChatAnswered")
+    answered = [e for e in r.json()["data"] if e["type"] == "ChatAnswered"]
+    assert any(e["data"]["messages"] for e in answered), [e["data"] for e in answered][-2:]
     pupil = stack.new_key("viewer", project=project)["key"]
     r = stack.http("GET", "/api/events?type=ChatAnswered&limit=1000", pupil)
     assert r.status_code == 200 and r.json()["data"]
