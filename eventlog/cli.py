@@ -528,16 +528,22 @@ def keys_create(role: str = "trainer", project: str = "default", name: str | Non
 
 
 @app.command("replay")
-def replay(progress: bool = True):
-    """Rebuild every read model from the log aside, then swap it in (reads go on)."""
+def replay(verify_only: Annotated[bool, typer.Option("--verify", help="only compare: report the differences "
+                                                      "of the live read models from a fresh replay")] = False):
+    """Rebuild every read model from the log aside, then swap it in (reads go on); with --verify, only compare
+    (exit 1 on any difference)."""
     from eventlog.db import pool
     from eventlog.runner import replay as run
+    from eventlog.runner import verify as check
 
     started = time.monotonic()
-    result = run(pool(_db()))
-    if progress:
-        typer.echo(f"replayed {result.get('events')} events in {time.monotonic() - started:.1f} s", err=True)
+    result = (check if verify_only else run)(pool(_db()))
+    typer.echo(f"{'verified' if verify_only else 'replayed'} {result.get('events')} events in "
+               f"{time.monotonic() - started:.1f} s ({result.get('events_per_second')} events/s); "
+               f"{len(result['differences'])} difference(s)", err=True)
     typer.echo(json.dumps(result, default=str))
+    if verify_only and result["differences"]:
+        raise typer.Exit(1)
 
 
 @app.command("verify")

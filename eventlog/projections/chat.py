@@ -15,18 +15,29 @@ class ChatProjection:
     tables = ("chat_answers", "chat_feedback")
 
     def apply(self, conn: psycopg.Connection, events: Sequence[RecordedEvent]) -> None:
+        answers: list[tuple] = []  # answers are most of a busy log: inserted together, before anything after them
+
+        def flush() -> None:
+            if answers:  # one statement for the run of answers (unnest of one array per column)
+                conn.execute(
+                    "INSERT INTO chat_answers (id, project, model, alias, chunk_ids, latency_ms, prompt_tokens, "
+                    "completion_tokens, messages, answer, created_at, seq) SELECT * FROM unnest(%s::text[], "
+                    "%s::text[], %s::text[], %s::text[], %s::jsonb[], %s::float8[], %s::int[], %s::int[], %s::jsonb[], "
+                    "%s::text[], %s::bigint[], %s::bigint[]) ON CONFLICT (id) DO NOTHING",
+                    [list(column) for column in zip(*answers, strict=True)])
+                answers.clear()
+
         for e in events:
             d = e.data
             if e.type == "ChatAnswered":
-                conn.execute(
-                    "INSERT INTO chat_answers (id, project, model, alias, chunk_ids, latency_ms, prompt_tokens, "
-                    "completion_tokens, messages, answer, created_at, seq) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-                    (d["id"], d["project"], d["model"], d.get("alias"), Jsonb(d["chunk_ids"]), d["latency_ms"],
-                     d["prompt_tokens"], d["completion_tokens"],
-                     Jsonb(d["messages"]) if d.get("messages") is not None else None, d.get("answer"),
-                     d["created_at"], e.global_position))
-            elif e.type == "FeedbackGiven":
+                answers.append((d["id"], d["project"], d["model"], d.get("alias"), Jsonb(d["chunk_ids"]),
+                                d["latency_ms"], d["prompt_tokens"], d["completion_tokens"],
+                                Jsonb(d["messages"]) if d.get("messages") is not None else None, d.get("answer"),
+                                d["created_at"], e.global_position))
+                continue
+            if e.type in ("FeedbackGiven", "FeedbackApproved"):
+                flush()  # feedback refers to an answer: in log order
+            if e.type == "FeedbackGiven":
                 conn.execute(
                     "INSERT INTO chat_feedback (id, chat_id, project, rating, comment, corrected_answer, messages, "
                     "approved, actor, created_at, seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
@@ -36,3 +47,4 @@ class ChatProjection:
                      d["at"], e.global_position))
             elif e.type == "FeedbackApproved":
                 conn.execute("UPDATE chat_feedback SET approved = true WHERE id = %s", (d["id"],))
+        flush()

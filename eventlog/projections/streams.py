@@ -25,7 +25,7 @@ class StreamProjectsProjection:
                 project = e.stream_id[len("project-"):]
             if isinstance(project, str) and project:
                 rows[e.stream_id] = project
-        if rows:
-            with conn.cursor() as cur:
-                cur.executemany("INSERT INTO stream_projects (stream_id, project) VALUES (%s, %s) "
-                                "ON CONFLICT (stream_id) DO NOTHING", list(rows.items()))
+        if rows:  # one statement for the batch (unnest): a busy log starts a stream per chat answer
+            conn.execute("INSERT INTO stream_projects (stream_id, project) "
+                         "SELECT * FROM unnest(%s::text[], %s::text[]) ON CONFLICT (stream_id) DO NOTHING",
+                         (list(rows), list(rows.values())))
