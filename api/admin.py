@@ -1,10 +1,12 @@
 """tunelog's own routes: API keys, the audit log, replay."""
 from __future__ import annotations
 
+import json
+import logging
 import re
 from typing import Any
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from api.auth import KEYS, OPERATOR, ROLES, hash_key, key_id_for, new_key, require, require_operator
 from api.common import Idempotent, append_and_respond, json_body, metadata, now, owned, page_limit, svc
@@ -13,6 +15,7 @@ from domain.events import KeyCreated, KeyRevoked, key_stream, upcast
 from eventlog.runner import replay, verify
 from eventlog.store import NewEvent
 
+log = logging.getLogger("tunelog.api")
 bp = Blueprint("admin", __name__, url_prefix="/api")
 PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -150,21 +153,51 @@ def _iso(name: str):
     return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
 
 
+def _rebuild_response(kind: str, run):
+    """The result as JSON; with `?progress=true`, newline-delimited JSON instead: `{"object": "progress",
+    "done", "total"}` after each batch while the rebuild runs, then the result."""
+    actor = g.principal.key_id
+    pool = svc().pool
+    if request.args.get("progress") not in ("1", "true"):
+        return jsonify({"object": kind, **run(pool), "actor": actor})
+    import queue
+    import threading
+
+    updates: queue.Queue = queue.Queue()
+
+    def work() -> None:
+        try:
+            updates.put({"object": kind, **run(pool, progress=lambda done, total: updates.put(
+                {"object": "progress", "done": done, "total": total})), "actor": actor})
+        except Exception as e:  # noqa: BLE001 - said in the stream (its status is already 200)
+            log.exception("%s failed", kind)
+            updates.put({"object": "error", "error": {"code": "internal_error", "message": type(e).__name__}})
+
+    threading.Thread(target=work, name=kind, daemon=True).start()
+
+    def lines():
+        while True:
+            item = updates.get()
+            yield json.dumps(item, default=str) + "\n"
+            if item["object"] != "progress":
+                return
+
+    return Response(lines(), mimetype="application/x-ndjson")
+
+
 @bp.post("/admin/replay")
 def admin_replay():
     """Rebuild every read model from the log aside and swap it in (reads go on meanwhile); the response
     lists how the live read models differed from the rebuilt ones (normally: not at all)."""
     require_operator()
-    result = replay(svc().pool)
-    return jsonify({"object": "replay", **result, "actor": g.principal.key_id})
+    return _rebuild_response("replay", replay)
 
 
 @bp.post("/admin/verify")
 def admin_verify():
     """Rebuild aside and compare with the live read models, without swapping: the differences found."""
     require_operator()
-    result = verify(svc().pool)
-    return jsonify({"object": "verify", **result, "actor": g.principal.key_id})
+    return _rebuild_response("verify", verify)
 
 
 @bp.get("/admin/dead-letters")

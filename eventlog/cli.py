@@ -158,12 +158,17 @@ def files_validate(path: Path, model: str = "smollm2-135m-instruct", json_: Json
 
 @files_app.command("convert")
 def files_convert(src: Path, dst: Path, to: Annotated[str, typer.Option(help="chat | dspy | hf-text")]):
-    """Convert question/answer data between OpenAI's chat JSONL, DSPy examples and the HF text format."""
-    from domain.datasets import dspy_examples
+    """Convert question/answer data between OpenAI's chat JSONL, DSPy examples and the HF text format; a
+    preference (DPO) file converts too, its preferred answers taken."""
+    from domain.datasets import check_jsonl, dspy_examples
     from domain.errors import ValidationError
 
+    content = _file(src)
     try:
-        examples = dspy_examples(_file(src))
+        if check_jsonl(content, min_examples=1, max_tokens=10**9).format == "preference":
+            content = "".join(json.dumps({"messages": ex["input"]["messages"] + ex["preferred_output"][:1]}) + "\n"
+                              for ex in map(json.loads, content.decode("utf-8-sig").splitlines()) if ex).encode()
+        examples = dspy_examples(content)
     except ValidationError as e:
         raise Fail(f"{src}: {e.message}") from None
     lines = []
@@ -482,6 +487,12 @@ def admin_verify():
 
 
 # ---- operator commands (beside the database) -----------------------------------------------------------
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
 def _db() -> str:
     url = os.environ.get("DATABASE_URL")
     if not url:
@@ -532,12 +543,18 @@ def replay(verify_only: Annotated[bool, typer.Option("--verify", help="only comp
                                                       "of the live read models from a fresh replay")] = False):
     """Rebuild every read model from the log aside, then swap it in (reads go on); with --verify, only compare
     (exit 1 on any difference)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from eventlog.db import pool
     from eventlog.runner import replay as run
     from eventlog.runner import verify as check
 
     started = time.monotonic()
-    result = (check if verify_only else run)(pool(_db()))
+    with Progress(TextColumn("verifying" if verify_only else "replaying"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), transient=True, console=_stderr()) as bar:
+        task = bar.add_task("events", total=None)
+        result = (check if verify_only else run)(
+            pool(_db()), progress=lambda done, total: bar.update(task, completed=done, total=total))
     typer.echo(f"{'verified' if verify_only else 'replayed'} {result.get('events')} events in "
                f"{time.monotonic() - started:.1f} s ({result.get('events_per_second')} events/s); "
                f"{len(result['differences'])} difference(s)", err=True)

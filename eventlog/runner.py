@@ -163,7 +163,8 @@ def _index_defs(conn: psycopg.Connection, schema: str, table: str) -> dict[str, 
     return out
 
 
-def _build_aside(conn: psycopg.Connection, pool: ConnectionPool, projections: list, batch: int) -> tuple[str, int]:
+def _build_aside(conn: psycopg.Connection, pool: ConnectionPool, projections: list, batch: int,
+                 progress=None) -> tuple[str, int]:
     """Create a schema with empty copies of every read model and fill it from position 0 (in many short
     transactions: readers of the live tables never wait). Returns (schema, events applied)."""
     schema = "tl_rebuild_" + uuid.uuid4().hex[:10]
@@ -175,13 +176,15 @@ def _build_aside(conn: psycopg.Connection, pool: ConnectionPool, projections: li
     head = conn.execute("SELECT coalesce(max(global_position), 0) AS p FROM events").fetchone()["p"]
     with _search_path(conn, schema):
         _ensure_checkpoints(conn, [p.name for p in projections])
-        n = _drain(conn, EventStore(pool), projections, batch, head, own_transactions=True)
+        n = _drain(conn, EventStore(pool), projections, batch, head, own_transactions=True,
+                   progress=(lambda done: progress(done, head)) if progress else None)
     return schema, n
 
 
 def _drain(conn: psycopg.Connection, store: EventStore, projections: list, batch: int, until: int,
-           own_transactions: bool = False) -> int:
-    """Apply every event up to `until` (batch by batch, each in its own transaction if asked)."""
+           own_transactions: bool = False, progress=None) -> int:
+    """Apply every event up to `until` (batch by batch, each in its own transaction if asked); `progress(n)`
+    is told the events applied after each batch."""
     n = 0
     while True:
         with conn.transaction() if own_transactions else nullcontext():
@@ -189,6 +192,8 @@ def _drain(conn: psycopg.Connection, store: EventStore, projections: list, batch
         if not got:
             return n
         n += got
+        if progress is not None:
+            progress(n)
 
 
 def _catch_up_in(conn: psycopg.Connection, pool: ConnectionPool, schema: str | None, projections: list,
@@ -219,7 +224,7 @@ def _differences(conn: psycopg.Connection, schema: str, tables: list[str], sampl
     return out
 
 
-def rebuild(pool: ConnectionPool, batch: int = 10000, swap: bool = True) -> dict:
+def rebuild(pool: ConnectionPool, batch: int = 10000, swap: bool = True, progress=None) -> dict:
     """Replay: build every read model aside from position 0, compare it with the live tables at the same
     position, and (swap=True) put it in their place in one short transaction. Reads go on meanwhile:
     the live tables are locked only for the final catch-up and the renames (milliseconds), and a query
@@ -229,7 +234,7 @@ def rebuild(pool: ConnectionPool, batch: int = 10000, swap: bool = True) -> dict
     started = time.perf_counter()
     with pool.connection() as conn:
         _ensure_checkpoints(conn, [p.name for p in projections])
-        schema, n = _build_aside(conn, pool, projections, batch)
+        schema, n = _build_aside(conn, pool, projections, batch, progress)
         built = time.perf_counter()
         try:
             with conn.transaction():
@@ -269,14 +274,15 @@ def rebuild(pool: ConnectionPool, batch: int = 10000, swap: bool = True) -> dict
             "swapped": swap, "differences": diff, "position": head}
 
 
-def replay(pool: ConnectionPool, batch: int = 10000) -> dict:
-    """Rebuild every read model from the log (blue/green) and swap it in."""
-    return rebuild(pool, batch, swap=True)
+def replay(pool: ConnectionPool, batch: int = 10000, progress=None) -> dict:
+    """Rebuild every read model from the log (blue/green) and swap it in. `progress(done, total)` is told how
+    far the build has come after each batch."""
+    return rebuild(pool, batch, swap=True, progress=progress)
 
 
-def verify(pool: ConnectionPool, batch: int = 10000) -> dict:
+def verify(pool: ConnectionPool, batch: int = 10000, progress=None) -> dict:
     """Rebuild aside and report how the live read models differ from a fresh replay (should be none)."""
-    return rebuild(pool, batch, swap=False)
+    return rebuild(pool, batch, swap=False, progress=progress)
 
 
 # ---- the long-lived process --------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import DATA
+from tests.conftest import DATA, ROOT
 
 BASE = "smollm2-135m-instruct"
 pytestmark = pytest.mark.slow
@@ -40,6 +40,10 @@ def test_files_upload_validate_and_bad_input(cli, tmp_path):
         assert r.returncode == 1 and "line(s) 1" in r.stderr and "line(s) 2" in r.stderr, r.stderr
     r = cli("files", "upload", str(tmp_path / "missing.jsonl"))
     assert r.returncode == 2 and "cannot read" in r.stderr
+    converted = tmp_path / "qa_chat.jsonl"
+    r = cli("files", "convert", str(ROOT / "data" / "dspy_tutor" / "train.jsonl"), str(converted), "--to", "chat")
+    assert r.returncode == 0 and "14 examples" in r.stdout, r.stderr
+    assert "14 examples in chat format, OK" in cli("files", "validate", str(converted)).stdout
     r = cli("jobs", "create", BASE, "file-doesnotexist")
     assert r.returncode == 1 and "training_file" in r.stderr
 
