@@ -9,6 +9,7 @@ pupils' names.
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Any
 
 from flask import Blueprint, g, jsonify, request
@@ -32,7 +33,9 @@ def _reader_view(type_: str, data: dict[str, Any]) -> dict[str, Any]:
     if p.role == "admin" or p.operator:
         return data
     hidden = {"ChatAnswered": ("messages", "answer"), "FeedbackGiven": ("messages", "corrected_answer", "comment"),
-              "KeyCreated": ("key_hash",)}.get(type_, ())
+              "KeyCreated": ("key_hash", "name"),  # a key's name may be a pupil's
+              "WebhookCreated": ("url",),  # a URL may carry the receiver's token
+              "WebhookDeliveryFailed": ("error",)}.get(type_, ())
     out = {k: (None if k in hidden else v) for k, v in data.items()}
     if type_ == "ProjectSettingsChanged" and isinstance(out.get("settings"), dict):
         out["settings"] = {**out["settings"], "pii_roster": None}
@@ -190,7 +193,7 @@ def _as_of() -> tuple[str, Any]:
         raise ValidationError("as_of is required: an ISO time (2026-11-30T12:00:00Z) or a global position",
                               param="as_of")
     raw = raw.strip()
-    if raw.isdigit():
+    if re.fullmatch(r"[0-9]{1,19}", raw):
         return "position", int(raw)
     try:
         when = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))

@@ -163,6 +163,12 @@ def get_file(file_id: str):
 @bp.get("/files/<file_id>/content")
 def file_content(file_id: str):
     row = _get_file(file_id)
+    if (row["stats"] or {}).get("source") == "feedback" and g.principal.role == "viewer" and not g.principal.operator:
+        from domain.errors import Forbidden
+
+        # pupils' conversations and teachers' corrections: for the project's trainers and admins
+        raise Forbidden("a file built from chat feedback holds pupils' conversations: trainers and admins only",
+                        param="file_id")
     with svc().pool.connection() as c:
         blob = c.execute("SELECT content FROM blobs WHERE sha256 = %s", (row["sha256"],)).fetchone()
     # werkzeug quotes the name (an ASCII `filename` plus RFC 5987 `filename*` for the rest); names stored

@@ -50,6 +50,10 @@ def _key() -> str:
     key = os.environ.get("TUNELOG_API_KEY")
     if key:
         return key
+    from urllib.parse import urlsplit
+
+    if (urlsplit(_base_url()).hostname or "") not in ("127.0.0.1", "localhost", "::1"):
+        raise Fail("set TUNELOG_API_KEY: the local operator key is only sent to a tunelog on this machine", 2)
     try:
         return (_data_dir() / "admin_key").read_text().strip()
     except OSError:
@@ -57,11 +61,14 @@ def _key() -> str:
                    "admin_key)", 2) from None
 
 
+def _base_url() -> str:
+    return os.environ.get("TUNELOG_URL", f"http://127.0.0.1:{os.environ.get('TUNELOG_PORT', '8000')}").rstrip("/")
+
+
 def _client():
     import httpx
 
-    base = os.environ.get("TUNELOG_URL", f"http://127.0.0.1:{os.environ.get('TUNELOG_PORT', '8000')}").rstrip("/")
-    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {_key()}"}, timeout=120)
+    return httpx.Client(base_url=_base_url(), headers={"Authorization": f"Bearer {_key()}"}, timeout=120)
 
 
 def call(method: str, path: str, **kw: Any) -> Any:
@@ -184,7 +191,7 @@ def files_convert(src: Path, dst: Path, to: Annotated[str, typer.Option(help="ch
             lines.append({"text": f"Question: {e['question']}\nAnswer: {e['answer']}"})
         else:
             raise Fail("--to must be chat, dspy or hf-text", 2)
-    dst.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
+    dst.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
     typer.echo(f"{len(lines)} examples written to {dst} ({to})")
 
 
@@ -281,8 +288,10 @@ def jobs_follow(job_id: str, interval: float = 1.0):
                     metric = (f"score {d['score']:.3f}" if d.get("score") is not None else
                               f"loss {d['train_loss']:.4f}" if d.get("train_loss") is not None else "")
                     bar.update(task, completed=d.get("step") or 0, total=d.get("total_steps"), metric=metric)
-                else:
-                    bar.console.print(f"[dim]{e['message']}[/dim]", markup=True, highlight=False, soft_wrap=True)
+                else:  # a job's message is text, never markup
+                    from rich.markup import escape
+
+                    bar.console.print(f"[dim]{escape(e['message'])}[/dim]", highlight=False, soft_wrap=True)
             bar.update(task, description=f"{job_id} {j['status']}")
             if j["status"] in EXIT_BY_STATUS:
                 break

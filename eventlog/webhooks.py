@@ -45,6 +45,9 @@ NAMES = {v: k for k, v in EVENT_TYPES.items()}
 ADVISORY_KEY = 0x7475_6E66  # one deliverer per database (beside the dispatcher's own lock, "tune")
 MAX_BACKOFF = 300.0
 TIMEOUT = 10.0
+MAX_ATTEMPTS = 1000  # ~3.5 days of failures at the longest wait: then the webhook is disabled (an event says why)
+PER_ROUND = 50  # deliveries of one webhook per round: a backlog does not starve the other webhooks
+MIN_KEY_BYTES = 32
 
 
 def webhook_stream(webhook_id: str) -> str:
@@ -96,17 +99,24 @@ def _instance_key(data_dir: Path) -> bytes:
     if env:
         return env.encode()
     path = data_dir / "webhook_key"
-    try:
-        return path.read_bytes().strip()
-    except FileNotFoundError:
-        pass
-    key = base64.urlsafe_b64encode(os.urandom(32))
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first
-        return path.read_bytes().strip()
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
+    if not path.exists():
+        # written whole to a temporary file, then linked into place: a crash never leaves an empty key behind
+        tmp = data_dir / f".webhook_key.{os.getpid()}.{os.urandom(4).hex()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(base64.urlsafe_b64encode(os.urandom(32)))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another process made it first
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    key = path.read_bytes().strip()
+    if len(key) < MIN_KEY_BYTES:  # never sign with a short or empty key (secrets would be guessable)
+        raise RuntimeError(f"the webhook key in {path} is shorter than {MIN_KEY_BYTES} bytes; remove it to have a new "
+                           "one made (every webhook's secret changes) or set TUNELOG_WEBHOOK_KEY")
     return key
 
 
@@ -152,6 +162,8 @@ class Deliverer:
         for e in events:
             if e.type == "WebhookDelivered":
                 cursor, failures = max(cursor, e.data["position"]), 0
+            elif e.type == "WebhookDisabled":
+                next_at = float("inf")
             elif e.type == "WebhookDeliveryFailed":
                 failures = e.data["attempt"]
                 next_at = e.recorded_at.timestamp() + e.data["retry_in"]
@@ -177,10 +189,14 @@ class Deliverer:
             self.state.pop(gone)
         attempts = 0
         for h in hooks:
-            st = self.state.get(h["id"]) or self.state.setdefault(h["id"], self._load(h))
-            if st["deleted"] or time.time() < st["next_at"]:
-                continue
-            attempts += self._deliver_next(h, st)
+            try:  # one webhook's trouble never holds up the others
+                st = self.state.get(h["id"]) or self.state.setdefault(h["id"], self._load(h))
+                if st["deleted"] or time.time() < st["next_at"]:
+                    continue
+                attempts += self._deliver_next(h, st)
+            except Exception:  # noqa: BLE001 - read back from the log next round
+                log.exception("webhook %s: delivery round failed", h["id"])
+                self.state.pop(h["id"], None)
         return attempts
 
     def _deliver_next(self, h: dict[str, Any], st: dict[str, Any]) -> int:
@@ -191,7 +207,7 @@ class Deliverer:
 
         types = [EVENT_TYPES[t] for t in h["event_types"]]
         made = 0
-        while True:
+        while made < PER_ROUND:
             with self.svc.pool.connection() as c:
                 rows = c.execute("SELECT global_position FROM events WHERE global_position > %s AND type = ANY(%s) "
                                  "ORDER BY global_position LIMIT 200", (st["cursor"], types)).fetchall()
@@ -214,7 +230,9 @@ class Deliverer:
                 status, error = None, None
                 try:
                     check_url(h["url"])  # the allowlist may have changed since it was created
-                    status = self.http().post(h["url"], content=body, headers=headers).status_code
+                    # only the status is read: a receiver's body (however long) is never loaded
+                    with self.http().stream("POST", h["url"], content=body, headers=headers) as resp:
+                        status = resp.status_code
                 except ValidationError as ex:
                     error = ex.message
                 except Exception as ex:  # noqa: BLE001 - a receiver's failure is recorded, never raised
@@ -227,8 +245,11 @@ class Deliverer:
                                                         "event_type": NAMES[e.type], "message_id": msg_id,
                                                         "attempt": attempt, "status": status, "ms": ms,
                                                         "at": int(time.time())}, meta)
+                elif attempt >= MAX_ATTEMPTS:  # failing for days: stop, and say so
+                    new = NewEvent("WebhookDisabled", {"id": h["id"], "reason": f"{attempt} failed attempts; the last: "
+                                                       f"{status or error}", "at": int(time.time())}, meta)
                 else:
-                    wait = min(MAX_BACKOFF, 2.0 ** (attempt - 1))
+                    wait = min(MAX_BACKOFF, 2.0 ** min(attempt - 1, 16))
                     new = NewEvent("WebhookDeliveryFailed", {
                         "webhook_id": h["id"], "position": e.global_position, "event_type": NAMES[e.type],
                         "message_id": msg_id, "attempt": attempt, "status": status, "error": error, "ms": ms,
@@ -239,6 +260,10 @@ class Deliverer:
                     self.state.pop(h["id"], None)
                     return made
                 st["version"] += 1
+                if new.type == "WebhookDisabled":
+                    st["deleted"] = True
+                    log.error("webhook %s disabled after %s failed attempts", h["id"], attempt)
+                    return made
                 if new.type == "WebhookDelivered":
                     st["cursor"], st["failures"] = e.global_position, 0
                 else:
@@ -261,6 +286,7 @@ class Deliverer:
                         stop.wait(2.0)
                         continue
                     self.state.clear()  # read every cursor back from the log
+                holder.execute("SELECT 1")  # still holding the lock (a dead session would have lost it)
                 self.round()
             except Exception:  # noqa: BLE001 - outages and bugs alike: back off and go on
                 log.exception("webhook delivery round failed")

@@ -11,7 +11,12 @@ URL = os.environ.get("TUNELOG_URL", "http://127.0.0.1:8000").rstrip("/")
 
 
 def key() -> str:
-    return os.environ.get("TUNELOG_API_KEY") or (ROOT / ".data" / "admin_key").read_text().strip()
+    """TUNELOG_API_KEY, or the local operator key (only for a tunelog on this machine)."""
+    if os.environ.get("TUNELOG_API_KEY"):
+        return os.environ["TUNELOG_API_KEY"]
+    if not URL.startswith(("http://127.0.0.1", "http://localhost")):
+        raise SystemExit("set TUNELOG_API_KEY: the local operator key is only sent to a tunelog on this machine")
+    return (ROOT / ".data" / "admin_key").read_text().strip()
 
 
 def wait(get, done, timeout: float = 900, every: float = 2.0):

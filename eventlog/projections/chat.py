@@ -31,9 +31,9 @@ class ChatProjection:
             d = e.data
             if e.type == "ChatAnswered":
                 answers.append((d["id"], d["project"], d["model"], d.get("alias"), Jsonb(d["chunk_ids"]),
-                                d["latency_ms"], d["prompt_tokens"], d["completion_tokens"],
+                                float(d["latency_ms"]), int(d["prompt_tokens"]), int(d["completion_tokens"]),
                                 Jsonb(d["messages"]) if d.get("messages") is not None else None, d.get("answer"),
-                                d["created_at"], e.global_position))
+                                int(d["created_at"]), e.global_position))
                 continue
             if e.type in ("FeedbackGiven", "FeedbackApproved"):
                 flush()  # feedback refers to an answer: in log order

@@ -24,6 +24,9 @@ class WebhooksProjection:
                     "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
                     (d["id"], d["project"], d["url"], Jsonb(d["event_types"]), d["created_at"], e.global_position,
                      e.global_position))
+            elif e.type == "WebhookDisabled":
+                conn.execute("UPDATE webhooks SET deleted_at = coalesce(deleted_at, %s), last_error = %s WHERE id = %s",
+                             (d["at"], f"disabled: {d['reason']}"[:500], d["id"]))
             elif e.type == "WebhookDeleted":
                 conn.execute("UPDATE webhooks SET deleted_at = coalesce(deleted_at, %s) WHERE id = %s",
                              (d["at"], d["id"]))

@@ -62,3 +62,10 @@ def test_a_derived_secret_is_stable_per_webhook_and_verifies_what_it_signed(tmp_
     assert Webhook(a).verify(body, headers) == {"type": "job.failed"}
     with pytest.raises(Exception):  # noqa: B017 - the library's verification error
         Webhook(b).verify(body, headers)
+
+
+def test_a_short_or_empty_webhook_key_is_never_used_to_sign(tmp_path):
+    (tmp_path / "webhook_key").write_bytes(b"")
+    with pytest.raises(RuntimeError, match="shorter than"):
+        webhooks.secret_for(tmp_path, "wh_a")
+    assert not list(tmp_path.glob(".webhook_key.*"))  # no temporary key left behind either
