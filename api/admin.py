@@ -111,8 +111,11 @@ def audit_log():
         sql = f"SELECT {cols} FROM events e WHERE e.global_position > %s"
         params: list[Any] = [after]
     else:
+        # only up to what the stream owners' read model has applied: a later event whose stream it does not know
+        # yet would be missing from this page, and a client paging on would never be shown it
         sql = (f"SELECT {cols} FROM events e JOIN stream_projects sp ON sp.stream_id = e.stream_id "
-               "WHERE sp.project = %s AND e.global_position > %s")
+               "WHERE sp.project = %s AND e.global_position > %s AND e.global_position <= "
+               "(SELECT position FROM projection_checkpoints WHERE name = 'stream_projects')")
         params = [p.project, after]
     if stream:
         sql += " AND e.stream_id = %s"
