@@ -145,15 +145,9 @@ def audit_log():
 
 
 def _iso(name: str):
-    import datetime
+    from api.audit import iso_time
 
-    raw = request.args[name].strip()
-    try:
-        when = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValidationError(f"{name} must be an ISO time (e.g. 2026-11-30T12:00:00Z), got {raw[:40]!r}",
-                              param=name) from None
-    return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
+    return iso_time(request.args[name].strip(), name)
 
 
 def _rebuild_response(kind: str, run):

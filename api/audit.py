@@ -195,14 +195,16 @@ def _as_of() -> tuple[str, Any]:
     raw = raw.strip()
     if re.fullmatch(r"[0-9]{1,19}", raw):
         return "position", int(raw)
+    return "time", iso_time(raw, "as_of", "an ISO time or a global position")
+
+
+def iso_time(raw: str, param: str, expected: str = "an ISO time (e.g. 2026-11-30T12:00:00Z)") -> datetime.datetime:
+    """An ISO time from a query argument (`Z` or an offset; none: UTC), or a 400 naming `param`."""
     try:
         when = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise ValidationError(f"as_of must be an ISO time or a global position, got {raw[:40]!r}",
-                              param="as_of") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.UTC)
-    return "time", when
+        raise ValidationError(f"{param} must be {expected}, got {raw[:40]!r}", param=param) from None
+    return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
 
 
 @bp.get("/registry")
