@@ -951,19 +951,10 @@ def bench_dspy(server: str, redis_url: str, tmp: Path, candidates: int) -> None:
            "plain dspy script, same optimizer", "<= 1.1x", higher_is_better=False)
 
 
-def bench_audit(server: str, total: int) -> None:
-    """A log of `total` events in a realistic mix (per job: created, started, 40 progress events, 2 checkpoints,
-    succeeded, its model; 30 chats answered; every 10th job a promotion, every 20th a document indexed):
-    replay (rebuild every read model aside and swap it in) vs a raw server-side cursor scan of the same events,
-    and `GET /api/registry?as_of=` (api/audit.registry_at) at points across the log."""
-    from api.audit import registry_at
-    from eventlog.runner import catch_up, replay
+def _audit_log(store: EventStore, total: int) -> int:
+    """Append about `total` events of the audit benchmark's mix; returns the number of jobs."""
     from eventlog.store import Append
 
-    url = create_database(server, "bench_audit")
-    p = pool(url, max_size=2)
-    store = EventStore(p)
-    t_fill = time.perf_counter()
     j = 0
     pending: list = []
     n_events = 0
@@ -1019,6 +1010,22 @@ def bench_audit(server: str, total: int) -> None:
         if len(pending) >= 300:
             flush()
     flush()
+    return j
+
+
+def bench_audit(server: str, total: int) -> None:
+    """A log of `total` events in a realistic mix (per job: created, started, 40 progress events, 2 checkpoints,
+    succeeded, its model; 30 chats answered; every 10th job a promotion, every 20th a document indexed):
+    replay (rebuild every read model aside and swap it in) vs a raw server-side cursor scan of the same events,
+    and `GET /api/registry?as_of=` (api/audit.registry_at) at points across the log."""
+    from api.audit import registry_at
+    from eventlog.runner import catch_up, replay
+
+    url = create_database(server, "bench_audit")
+    p = pool(url, max_size=2)
+    store = EventStore(p)
+    t_fill = time.perf_counter()
+    j = _audit_log(store, total)
     print(f"  {store.head():,} events written in {time.perf_counter() - t_fill:.0f} s ({j:,} jobs)", flush=True)
     catch_up(p)
     with p.connection() as c:

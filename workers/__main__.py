@@ -67,6 +67,7 @@ def main(argv: list[str]) -> None:
 def _start_heartbeat(s, kind: str) -> None:
     """A thread in the long-lived worker process (not in work horses: threads do not survive a fork)
     reports it alive every few seconds, for /healthz, whatever it is doing."""
+    import atexit
     import threading
 
     from eventlog.db import pool
@@ -80,6 +81,9 @@ def _start_heartbeat(s, kind: str) -> None:
             time.sleep(beat.every)
 
     threading.Thread(target=loop, daemon=True, name="heartbeat").start()
+    # a clean exit (RQ's warm shutdown on SIGTERM) removes the row; work horses and the scheduler's fork
+    # leave through os._exit, which runs no atexit handler
+    atexit.register(beat.end)
 
 
 if __name__ == "__main__":

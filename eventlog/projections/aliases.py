@@ -10,6 +10,7 @@ from eventlog.store import RecordedEvent
 
 class AliasesProjection:
     name = "aliases"
+    types = frozenset({"AliasPromoted"})
     tables = ("aliases",)
 
     def apply(self, conn: psycopg.Connection, events: Sequence[RecordedEvent]) -> None:
@@ -25,6 +26,7 @@ class AliasesProjection:
 
 class SettingsProjection:
     name = "project_settings"
+    types = frozenset({"ProjectSettingsChanged"})
     tables = ("project_settings",)
 
     def apply(self, conn: psycopg.Connection, events: Sequence[RecordedEvent]) -> None:

@@ -2,37 +2,39 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
+from eventlog.projections.base import insert_many
 from eventlog.store import RecordedEvent
+
+_ANSWER_COLUMNS = ("id", "project", "model", "alias", "chunk_ids", "latency_ms", "prompt_tokens", "completion_tokens",
+                   "messages", "answer", "created_at", "seq")
+_ANSWER_TYPES = ("text", "text", "text", "text", "jsonb", "float8", "int", "int", "jsonb", "text", "bigint", "bigint")
 
 
 class ChatProjection:
     """Which model answered what (and the feedback on it)."""
 
     name = "chat"
+    types = frozenset({"ChatAnswered", "FeedbackGiven", "FeedbackApproved"})
     tables = ("chat_answers", "chat_feedback")
 
     def apply(self, conn: psycopg.Connection, events: Sequence[RecordedEvent]) -> None:
         answers: list[tuple] = []  # answers are most of a busy log: inserted together, before anything after them
 
         def flush() -> None:
-            if answers:  # one statement for the run of answers (unnest of one array per column)
-                conn.execute(
-                    "INSERT INTO chat_answers (id, project, model, alias, chunk_ids, latency_ms, prompt_tokens, "
-                    "completion_tokens, messages, answer, created_at, seq) SELECT * FROM unnest(%s::text[], "
-                    "%s::text[], %s::text[], %s::text[], %s::jsonb[], %s::float8[], %s::int[], %s::int[], %s::jsonb[], "
-                    "%s::text[], %s::bigint[], %s::bigint[]) ON CONFLICT (id) DO NOTHING",
-                    [list(column) for column in zip(*answers, strict=True)])
-                answers.clear()
+            insert_many(conn, "chat_answers", _ANSWER_COLUMNS, answers, _ANSWER_TYPES, "ON CONFLICT (id) DO NOTHING")
+            answers.clear()
 
         for e in events:
             d = e.data
             if e.type == "ChatAnswered":
-                answers.append((d["id"], d["project"], d["model"], d.get("alias"), Jsonb(d["chunk_ids"]),
+                # jsonb columns as JSON text: the bulk insert passes text through (no adapter object per value)
+                answers.append((d["id"], d["project"], d["model"], d.get("alias"), _json(d["chunk_ids"]),
                                 float(d["latency_ms"]), int(d["prompt_tokens"]), int(d["completion_tokens"]),
-                                Jsonb(d["messages"]) if d.get("messages") is not None else None, d.get("answer"),
+                                _json(d["messages"]) if d.get("messages") is not None else None, d.get("answer"),
                                 int(d["created_at"]), e.global_position))
                 continue
             if e.type in ("FeedbackGiven", "FeedbackApproved"):
@@ -48,3 +50,7 @@ class ChatProjection:
             elif e.type == "FeedbackApproved":
                 conn.execute("UPDATE chat_feedback SET approved = true WHERE id = %s", (d["id"],))
         flush()
+
+
+def _json(value) -> str:
+    return orjson.dumps(value).decode()

@@ -10,6 +10,7 @@ from eventlog.store import RecordedEvent
 
 class CheckpointsProjection:
     name = "job_checkpoints"
+    types = frozenset({"CheckpointSaved", "CheckpointDeleted"})
     tables = ("job_checkpoints",)
 
     def apply(self, conn: psycopg.Connection, events: Sequence[RecordedEvent]) -> None:

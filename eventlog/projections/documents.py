@@ -23,7 +23,9 @@ class DocumentsProjection:
     """Documents and the pgvector retrieval table (chunks with an HNSW cosine index)."""
 
     name = "documents"
+    types = frozenset({"DocumentAdded", "ChunksEmbedded", "DocumentIndexed", "DocumentFailed", "DocumentDeleted"})
     tables = ("documents", "chunks")
+    build_indexes = ("chunks_document_idx",)  # a deletion finds its chunks by it, in a rebuild too
 
     def apply(self, conn: psycopg.Connection, events: Sequence[RecordedEvent]) -> None:
         registered = False  # pool connections have the adapters already; a bare connection may not

@@ -10,6 +10,7 @@ from eventlog.store import RecordedEvent
 
 class FilesProjection:
     name = "files"
+    types = frozenset({"FileUploaded", "FileDeleted"})
     tables = ("files",)
 
     def apply(self, conn: psycopg.Connection, events: Sequence[RecordedEvent]) -> None:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, fields, replace
+from dataclasses import fields, replace
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -21,6 +21,7 @@ class JobsProjection:
     """
 
     name = "jobs"
+    types = None  # every event
     tables = ("jobs",)
 
     def apply(self, conn: psycopg.Connection, events: Sequence[RecordedEvent]) -> None:
@@ -64,8 +65,9 @@ class JobsProjection:
         for job_id, s in states.items():
             if job_id not in seqs:  # events for a job whose creation we never saw: ignore
                 continue
-            d = asdict(s)
-            rows.append(tuple(Jsonb(d[k]) if k in _JSON and d[k] is not None else d[k] for k in _STATE_FIELDS)
+            values = [getattr(s, k) for k in _STATE_FIELDS]  # no asdict: it deep-copies every nested dict
+            rows.append(tuple(Jsonb(v) if k in _JSON and v is not None else v for k, v in zip(_STATE_FIELDS, values,
+                                                                                              strict=True))
                         + (seqs[job_id],))
         cols = ", ".join(_COLUMNS)
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS if c != "id")

@@ -9,6 +9,7 @@ from eventlog.store import RecordedEvent
 
 class KeysProjection:
     name = "api_keys"
+    types = frozenset({"KeyCreated", "KeyRoleChanged", "KeyRevoked"})
     tables = ("api_keys",)
 
     def apply(self, conn: psycopg.Connection, events: Sequence[RecordedEvent]) -> None:

@@ -15,18 +15,30 @@ class ModelsProjection:
     Every handler can be applied twice with the same result (a replay rebuilds the rows from position 0)."""
 
     name = "models"
+    types = frozenset({"ModelRegistered", "ModelDeleted", "ModelExportRequested", "ModelExported",
+                       "ModelExportFailed"})
     tables = ("models",)
 
     def apply(self, conn: psycopg.Connection, events: Sequence[RecordedEvent]) -> None:
+        registered: list[tuple] = []  # a run of registrations: one pipelined executemany, before what follows
+
+        def flush() -> None:
+            if registered:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO models (id, project, base_model, backend, job_id, artifact_path, created_at, "
+                        "lineage, seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                        registered)
+                registered.clear()
+
         for e in events:
             d = e.data
             if e.type == "ModelRegistered":
-                conn.execute(
-                    "INSERT INTO models (id, project, base_model, backend, job_id, artifact_path, created_at, "
-                    "lineage, seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-                    (d["id"], d["project"], d["base_model"], d["backend"], d.get("job_id"), d.get("artifact_path"),
-                     d["created_at"], Jsonb(d["lineage"]), e.global_position))
-            elif e.type == "ModelDeleted":  # gone from lists and chat; the stream keeps its history
+                registered.append((d["id"], d["project"], d["base_model"], d["backend"], d.get("job_id"),
+                                   d.get("artifact_path"), d["created_at"], Jsonb(d["lineage"]), e.global_position))
+                continue
+            flush()
+            if e.type == "ModelDeleted":  # gone from lists and chat; the stream keeps its history
                 conn.execute("UPDATE models SET deleted_at = coalesce(deleted_at, %s) WHERE id = %s",
                              (d["at"], d["id"]))
             elif e.type == "ModelExportRequested":
@@ -39,6 +51,7 @@ class ModelsProjection:
             elif e.type == "ModelExportFailed":
                 _set_export(conn, d["model"], d["id"], {"status": "failed", "error": d["error"],
                                                         "finished_at": d["at"]})
+        flush()
 
 
 def _set_export(conn: psycopg.Connection, model_id: str, export_id: str, fields: dict[str, Any],

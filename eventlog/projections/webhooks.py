@@ -13,6 +13,8 @@ class WebhooksProjection:
     back from each webhook's stream: this table is for listing, never for deciding what to deliver)."""
 
     name = "webhooks"
+    types = frozenset({"WebhookCreated", "WebhookDisabled", "WebhookDeleted", "WebhookDelivered",
+                       "WebhookDeliveryFailed"})
     tables = ("webhooks",)
 
     def apply(self, conn: psycopg.Connection, events: Sequence[RecordedEvent]) -> None:

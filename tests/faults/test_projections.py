@@ -16,7 +16,7 @@ import pytest
 from eventlog.db import pool
 from eventlog.runner import MAX_ATTEMPTS, catch_up, replay, verify
 from eventlog.settings import ROOT
-from eventlog.store import EventStore, NewEvent
+from eventlog.store import Append, EventStore, NewEvent
 from tests.integration.test_dispatcher import created
 
 
@@ -226,3 +226,43 @@ def test_a_batch_of_large_events_is_bounded_by_bytes_and_still_applied_in_full(s
     assert max(sizes) < 36 and sum(sizes) == 36  # several bounded batches, every event read once
     head = store.head()
     assert all(r["position"] == head for r in rows(store, "SELECT position FROM projection_checkpoints"))
+
+
+def _answer(cid: str, n: int, project: str = "p") -> NewEvent:
+    return NewEvent("ChatAnswered", {"id": cid, "project": project, "model": "m", "alias": None, "chunk_ids": [n],
+                                     "latency_ms": 1.0, "prompt_tokens": n, "completion_tokens": 1,
+                                     "created_at": n})
+
+
+def test_bulk_inserts_keep_the_first_of_a_repeated_id_live_and_in_a_replay_and_indexes_come_back_whole(store):
+    """Hundreds of chat answers in a batch go through COPY: straight into the table, or, when an id is there
+    already or repeated (a bug or a retried write), through a stage with ON CONFLICT DO NOTHING, so the first
+    row wins as one at a time would; a replay (its own batching, its plain indexes built after the fill)
+    ends equal to the live tables with every index of the migrations, under its name."""
+    before = {(r["indexname"], r["indexdef"]) for r in rows(
+        store, "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'")}
+    store.append("chat-first", 0, [_answer("chatcmpl-dup", 1)])
+    catch_up(store.pool)
+    # one batch of 600 answers: one repeats an id already in the table, two repeat each other
+    store.append_many([Append(f"chat-b{i}", 0, [_answer(f"chatcmpl-b{i}", 100 + i)]) for i in range(600)])
+    store.append("chat-again", 0, [_answer("chatcmpl-dup", 2)])
+    store.append("chat-twice-1", 0, [_answer("chatcmpl-twice", 3)])
+    store.append("chat-twice-2", 0, [_answer("chatcmpl-twice", 4)])
+    store.append_many([Append(f"chat-c{i}", 0, [_answer(f"chatcmpl-c{i}", 1000 + i)]) for i in range(300)])
+    # a stream seen again in a later batch (as an alias's promotions are)
+    store.append("project-p", None, [NewEvent("ProjectSettingsChanged", {"project": "p", "settings": {}})])
+    catch_up(store.pool, batch=5000)
+    assert rows(store, "SELECT count(*) AS n FROM chat_answers")[0]["n"] == 1 + 600 + 1 + 300
+    firsts = {r["id"]: r["prompt_tokens"] for r in rows(
+        store, "SELECT id, prompt_tokens FROM chat_answers WHERE id IN ('chatcmpl-dup', 'chatcmpl-twice')")}
+    assert firsts == {"chatcmpl-dup": 1, "chatcmpl-twice": 3}
+    store.append("project-p", None, [NewEvent("ProjectSettingsChanged", {"project": "p", "settings": {"a": 1}})])
+    catch_up(store.pool)
+    assert rows(store, "SELECT count(*) AS n FROM projection_failures")[0]["n"] == 0
+    result = replay(store.pool, batch=400)  # batches that split the runs of answers differently
+    assert result["differences"] == {}
+    assert verify(store.pool, batch=100_000)["differences"] == {}
+    after = {(r["indexname"], r["indexdef"]) for r in rows(
+        store, "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'")}
+    assert after == before
+    assert rows(store, "SELECT count(*) AS n FROM stream_projects WHERE project = 'p'")[0]["n"] == 1 + 600 + 3 + 300 + 1
