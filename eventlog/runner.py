@@ -230,7 +230,10 @@ def _build_aside(conn: psycopg.Connection, pool: ConnectionPool, projections: li
         for d in deferred:
             conn.execute(d)
     finally:
-        conn.execute("RESET synchronous_commit")
+        try:
+            conn.execute("RESET synchronous_commit")
+        except psycopg.Error:  # the connection is gone: the pool discards it; the first error is the one to see
+            pass
     return schema, n
 
 
