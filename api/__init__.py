@@ -65,7 +65,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 
 def _preload(s) -> None:
-    """Load the embedding model and the base model in the background, so the first chat is not slow."""
+    """Load the embedding model and the prompt-measuring tokenizers in the background, so the first chat is not
+    slow."""
     import logging
     import threading
 
@@ -76,8 +77,8 @@ def _preload(s) -> None:
             from eventlog.generation import server
 
             embedder().encode(["warm up"])
-            for base in BASE_MODELS:
-                server(s.model_dir, s.data_dir).warm(base)
+            for base in BASE_MODELS:  # the tokenizers that measure prompts (the serving tier generates)
+                server(s.model_dir, s.data_dir).context_window(base)
         except Exception:  # the first request will load (and report) it instead
             logging.getLogger("tunelog.api").exception("preloading models failed")
 

@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
+from prometheus_client import Histogram
 
 from api.auth import require
 from api.common import Idempotent, append_and_respond, fingerprint, json_body, metadata, now, owned, page_limit, svc
@@ -276,7 +277,8 @@ def program_prompt(state: dict[str, Any], messages: list[dict[str, str]],
 
 def _record(resolved: ResolvedModel, req: dict[str, Any], chat_id: str, sources: list, gen, started: float,
             created: int, principal, request_meta: dict[str, Any], cmd: ChatCommand,
-            body: dict[str, Any], redactions: dict[str, Any] | None = None) -> AppendResult:
+            body: dict[str, Any], redactions: dict[str, Any] | None = None,
+            serving: dict[str, Any] | None = None) -> AppendResult:
     """ChatAnswered (text only where the project stores it), with the idempotent command in the same append."""
     store_text = settings_for(principal.project).store_chat_text
     ev = ChatAnswered(
@@ -286,9 +288,30 @@ def _record(resolved: ResolvedModel, req: dict[str, Any], chat_id: str, sources:
         messages=req["messages"] if store_text else None, answer=gen.text if store_text else None,
         provider=(redactions or {}).get("provider"),
         redactions={k: v for k, v in redactions.items() if k != "provider"} if redactions else None,
-        sampling={k: req[k] for k in ("temperature", "top_p", "max_tokens", "seed", "retrieval", "top_k")})
+        sampling={k: req[k] for k in ("temperature", "top_p", "max_tokens", "seed", "retrieval", "top_k")},
+        serving=serving)
     return svc().store.append(chat_stream(chat_id), 0, [NewEvent(ev.type, ev.to_data(), request_meta)],
                               command=cmd.command(chat_id, body if store_text else None))
+
+
+QUEUE = Histogram("tunelog_chat_queue_seconds", "Time a chat waited on the serving tier before its prefill",
+                  buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+TTFT = Histogram("tunelog_chat_time_to_first_token_seconds", "Time from a chat's arrival on the serving tier to "
+                 "its first token", buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
+
+
+def _observe(serving: dict[str, Any]) -> None:
+    if serving.get("queue_ms") is not None:
+        QUEUE.observe(serving["queue_ms"] / 1000)
+    if serving.get("ttft_ms") is not None:
+        TTFT.observe(serving["ttft_ms"] / 1000)
+
+
+def _serving_timing(serving: dict[str, Any] | None) -> str:
+    if not serving:
+        return ""
+    return "".join(f", {name};dur={serving[k]:.1f}" for name, k in (("queue", "queue_ms"), ("ttft", "ttft_ms"))
+                   if serving.get(k) is not None)
 
 
 @bp.post("/v1/chat/completions")
@@ -342,6 +365,7 @@ def chat_completions():
             check_context(model_server, runner.base_model, prompt, req["max_tokens"], lim.context_tokens)
         gen = Generation()
         redactions = None
+        serving: dict[str, Any] | None = None
         if remote is not None:
             from api.remote_chat import open_stream
 
@@ -351,11 +375,14 @@ def chat_completions():
                 temperature=req["temperature"], top_p=req["top_p"], seed=req["seed"], result=gen,
                 roster=project_settings.pii_roster, time_limit=lim.generation_seconds)
             redactions = {"provider": provider.name, **redacted.to_dict()}
-        else:
-            pieces = model_server.stream(
-                base_id=runner.base_model, model_id=runner.id, artifact_path=runner.artifact_path,
-                messages=prompt, max_tokens=req["max_tokens"], temperature=req["temperature"], top_p=req["top_p"],
-                seed=req["seed"], result=gen, queue_timeout=lim.queue_seconds, time_limit=lim.generation_seconds)
+        else:  # the serving tier generates (api/serving.py): never this request's thread
+            from api.serving import open_stream as serve
+
+            pieces, serving = serve(s.data_dir, runner.base_model, runner.artifact_path, prompt,
+                                    max_tokens=req["max_tokens"], temperature=req["temperature"],
+                                    top_p=req["top_p"], seed=req["seed"], result=gen,
+                                    time_limit=lim.generation_seconds, queue_timeout=lim.queue_seconds)
+            _observe(serving)
         cleanup.callback(pieces.close)
         if program is not None:  # the answer field of DSPy's format; generation stops at its end marker
             from eventlog.programs import AnswerFilter
@@ -395,14 +422,18 @@ def chat_completions():
             text = "".join(parts)
             t_generate = time.perf_counter()
             out = completion(text)
+            if gen.finish_reason == "error":  # the replica broke mid-answer
+                from domain.errors import UpstreamError
+
+                raise UpstreamError("the serving replica failed while answering; retry", code="serving_error")
             result = _record(resolved, req, chat_id, sources, gen, started, created, principal, meta, cmd, out,
-                             redactions)
+                             redactions, serving)
         if result.duplicate and result.response is not None:  # a twin in another process won the race
             return _replay(result.response, False, False)
         timing = (f"parse;dur={(t_resolve - started) * 1000:.1f}, "
                   f"retrieval;dur={(t_retrieve - t_resolve) * 1000:.1f}, "
                   f"generation;dur={(t_generate - t_retrieve) * 1000:.1f}, "
-                  f"record;dur={(time.perf_counter() - t_generate) * 1000:.1f}")
+                  f"record;dur={(time.perf_counter() - t_generate) * 1000:.1f}" + _serving_timing(serving))
         resp = jsonify(out)
         resp.headers["Server-Timing"] = timing
         return resp
@@ -416,17 +447,27 @@ def chat_completions():
                 yield sse.chunk({"content": piece})
                 if gone():
                     return
+            if gen.finish_reason == "error" and serving is not None:  # the replica broke mid-answer
+                yield "data: " + json.dumps({"error": {
+                    "message": "the serving replica failed while answering; retry", "type": "server_error",
+                    "param": None, "code": "serving_error"}}) + "\n\n"
+                return
             yield sse.chunk({}, gen.finish_reason)
             out = completion(gen.text)
             if req["include_usage"]:
                 yield sse.usage(out["usage"])
-            _record(resolved, req, chat_id, sources, gen, started, created, principal, meta, cmd, out, redactions)
+            _record(resolved, req, chat_id, sources, gen, started, created, principal, meta, cmd, out, redactions,
+                    serving)
             yield "data: [DONE]\n\n"
         finally:  # also when the client goes away mid-stream (the generator is closed)
             cleanup.close()
 
     resp = Response(stream_with_context(events()), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                             # the first token is in before the response starts: its timing is known
+                             "Server-Timing": f"parse;dur={(t_resolve - started) * 1000:.1f}, "
+                                              f"retrieval;dur={(t_retrieve - t_resolve) * 1000:.1f}"
+                                              + _serving_timing(serving)})
     resp.call_on_close(cleanup.close)  # a stream closed before its first chunk never ran events()
     return resp
 

@@ -21,6 +21,7 @@ PART_STALE_SECONDS = 15  # a part whose heartbeat is older than this is reported
 
 
 HEALTH_CACHE_SECONDS = 1.0
+HEALTH_STALE_SECONDS = 5.0  # older than this, an answer is computed again before it is given
 _health_lock = threading.Lock()
 
 
@@ -29,18 +30,34 @@ def healthz():
     """Postgres and Redis (503 with Retry-After when either is unreachable), and every part of the
     service from its heartbeat: projector (with its lag behind the log and parked events), dispatcher,
     and the workers of each queue. A missing part makes the status "degraded", not 503: the API itself
-    still answers. Computed at most once a second: a load balancer polling hard costs no more."""
+    still answers. Computed at most once a second; under steady polling in the background (an answer may be a
+    second old, never more than 5): a load balancer polling hard costs no more, and its polls do not wait on the
+    checks."""
     ext = current_app.extensions
     with _health_lock:
         cached = ext.get("tunelog.health")
-        if cached is None or time.monotonic() - cached[0] > HEALTH_CACHE_SECONDS:
-            cached = (time.monotonic(), *_check())
-            ext["tunelog.health"] = cached
+        if cached is None or time.monotonic() - cached[0] > HEALTH_STALE_SECONDS:  # none recent: checked now
+            cached = ext["tunelog.health"] = (time.monotonic(), *_check())
+        elif time.monotonic() - cached[0] > HEALTH_CACHE_SECONDS and not ext.get("tunelog.health.refreshing"):
+            # refreshed in the background: no request waits on the checks (replicas' /health is an HTTP call)
+            ext["tunelog.health.refreshing"] = True
+            threading.Thread(target=_refresh, args=(current_app._get_current_object(),), daemon=True,
+                             name="health").start()
         _, body, ok = cached
     resp = jsonify(body)
     if not ok:
         resp.headers["Retry-After"] = "5"
     return resp, 200 if ok else 503
+
+
+def _refresh(app: Flask) -> None:
+    try:
+        with app.app_context():
+            fresh = (time.monotonic(), *_check())
+        with _health_lock:
+            app.extensions["tunelog.health"] = fresh
+    finally:
+        app.extensions["tunelog.health.refreshing"] = False
 
 
 def _check() -> tuple[dict[str, Any], bool]:
@@ -67,6 +84,7 @@ def _check() -> tuple[dict[str, Any], bool]:
             parts.setdefault(queue, {"status": "down", "processes": 0})
     except Exception as e:  # noqa: BLE001 - any failure means unhealthy
         checks["postgres"] = f"unreachable: {type(e).__name__}"
+    parts["serving"] = _serving()
     try:
         svc().redis().ping()
         checks["redis"] = "ok"
@@ -75,6 +93,28 @@ def _check() -> tuple[dict[str, Any], bool]:
     ok = all(v == "ok" for v in checks.values())
     status = "ok" if ok and all(p["status"] == "ok" for p in parts.values()) else ("degraded" if ok else "unavailable")
     return {"status": status, **checks, "parts": parts}, ok
+
+
+def _serving() -> dict[str, Any]:
+    """Each serving replica's /health (running and waiting requests): "ok" while at least one answers."""
+    import httpx
+
+    from api.serving import replica_urls
+
+    replicas = []
+    for url in replica_urls():
+        try:
+            r = httpx.get(f"{url}/health", timeout=1.0)
+            r.raise_for_status()
+            try:  # tunelog's replicas tell their load; vLLM's /health answers 200 with no body
+                body = r.json()
+            except ValueError:
+                body = {}
+            replicas.append({"url": url, "status": "ok", "running": body.get("running"),
+                             "waiting": body.get("waiting")})
+        except Exception as e:  # noqa: BLE001 - any failure: that replica is down
+            replicas.append({"url": url, "status": f"down: {type(e).__name__}"})
+    return {"status": "ok" if any(r["status"] == "ok" for r in replicas) else "down", "replicas": replicas}
 
 
 PARKED = Gauge("tunelog_projection_parked_events", "Events a projection could not apply and parked (dead letters)",

@@ -199,7 +199,8 @@ def start_stack(server: str, redis_url: str, data: Path, db: str):
     stack = Stack(env=env, data_dir=data, port=port)
     stack.admin_key = "tl-bench-" + uuid.uuid4().hex
     register_key(url, stack.admin_key, role="operator", project="bench", name="bench")
-    for name in ("web", "projector", "dispatcher", "worker-cpu"):
+    env["TUNELOG_SERVING_PORT"] = str(free_port())
+    for name in ("web", "serving", "projector", "dispatcher", "worker-cpu"):
         stack.start(name)
     return stack, url
 
@@ -452,34 +453,91 @@ def bench_chat(server: str, redis_url: str, tmp: Path, samples: int) -> None:
     print(f"  over HTTP, from the API process to this one: {o - b:+.1f} ms (this includes the two processes' "
           "different generate speeds, not only our path)", flush=True)
 
-    # Our path alone: the same app in this process (WSGI, no socket), against generate on the very model
-    # object it serves with, interleaved.
-    from api import create_app
-    from eventlog.generation import server
-    from eventlog.settings import Settings
+    _bench_concurrent_chats(stack, model, tok, data)
 
-    settings = Settings(data_dir=data, database_url=url, redis_url=redis_url, model_dir=model_dir)
-    app = create_app({"settings": settings})
-    http = app.test_client()
+
+def _bench_concurrent_chats(stack, model, tok, data: Path, n: int = 16, new_tokens: int = 64) -> None:
+    """16 chats at once through the whole stack (API -> serving replica, streamed), each 64 new tokens, vs the
+    same 16 generated one after another with plain `generate` in this process (the pre-serving path); time
+    to first token under that load; and a batch of two adapters against a batch of one, on the replica."""
+    import threading
+
+    import requests
+    import torch
+
+    from api.serving import serving_token
+    from tests.helpers import random_adapters as _adapters
+
+    question = "List the numbers from 1 to 1000 separated by commas."  # goes on well past 64 tokens
+    messages = [{"role": "user", "content": question}]
+    body = {"model": "smollm2-135m-instruct", "temperature": 0, "max_tokens": new_tokens, "retrieval": False,
+            "stream": True, "messages": messages, "stream_options": {"include_usage": True}}
     headers = {"Authorization": f"Bearer {stack.admin_key}"}
-    assert http.post("/v1/chat/completions", json=body, headers=headers).status_code == 200
-    served = server(model_dir, data)._base("smollm2-135m-instruct").model
-    generate(served)
-    ours, bare = [], []
-    for _ in range(samples):
-        t0 = time.perf_counter()
-        r = http.post("/v1/chat/completions", json=body, headers=headers)
-        ours.append(time.perf_counter() - t0)
-        assert r.json["usage"]["completion_tokens"] == n_new and r.json["sources"]
-        t0 = time.perf_counter()
-        generate(served)
-        bare.append(time.perf_counter() - t0)
-    o, b = statistics.median(ours) * 1000, statistics.median(bare) * 1000
-    report(f"chat, {n_new} tokens, retrieval on (p50)", o, b, "ms", "bare generate, same model/prompt",
-           "<= +50 ms", higher_is_better=False)
-    print(f"  chat overhead p50: {o - b:+.1f} ms (query embedding, pgvector top-4, prompt, streamer, "
-          "ChatAnswered append)", flush=True)
 
+    def one(url: str, b: dict, h: dict, out: list) -> None:
+        t0 = time.perf_counter()
+        first = None
+        pieces = 0
+        with requests.post(url, json=b, headers=h, stream=True, timeout=600) as r:
+            r.raise_for_status()
+            for line in r.iter_lines():
+                if line.startswith(b"data: {"):
+                    chunk = json.loads(line[6:])
+                    if any((c.get("delta") or {}).get("content") for c in chunk.get("choices") or []):
+                        first = first or time.perf_counter() - t0
+                    usage = chunk.get("usage")
+                    if usage:
+                        pieces = usage["completion_tokens"]
+        out.append((first, pieces, time.perf_counter() - t0))
+
+    def concurrent(url: str, bodies: list[dict], h: dict) -> tuple[float, list]:
+        out: list = []
+        threads = [threading.Thread(target=one, args=(url, b, h, out)) for b in bodies]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return time.perf_counter() - t0, out
+
+    chat_url = stack.base_url + "/v1/chat/completions"
+    concurrent(chat_url, [{**body, "max_tokens": 4}], headers)  # the replica loads the model
+    wall, out = concurrent(chat_url, [body] * n, headers)
+    tokens = sum(p for _, p, _ in out)
+    assert tokens == n * new_tokens, f"{tokens} tokens, expected {n * new_tokens}"
+    ttft = statistics.median(f for f, _, _ in out)
+
+    inputs = tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+                 return_tensors="pt", add_special_tokens=False)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        with torch.inference_mode():
+            model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                           pad_token_id=tok.eos_token_id)
+    seq = time.perf_counter() - t0
+    report(f"{n} concurrent chats x {new_tokens} tokens through the stack, aggregate", tokens / wall,
+           n * new_tokens / seq, "tok/s", "the same one after another, plain generate", ">= 4x")
+    report(f"time to first token, p50 of {n} arriving at once", ttft, 1.0, "s", "target bound", "<= 1 s",
+           higher_is_better=False)
+
+    # mixed adapters in one batch vs one adapter, straight to the replica
+    replica = f"http://127.0.0.1:{stack.env['TUNELOG_SERVING_PORT']}"
+    h = {"Authorization": f"Bearer {serving_token(data)}"}
+    names = list(_adapters(data))
+    for name, rel in _adapters(data).items():
+        requests.post(f"{replica}/v1/load_lora_adapter", headers=h, json={"lora_name": name, "lora_path": rel},
+                      timeout=60).raise_for_status()
+    base = {"temperature": 0, "max_tokens": new_tokens, "stream": True, "messages": messages,
+            "stream_options": {"include_usage": True}}
+    concurrent(f"{replica}/v1/chat/completions", [{**base, "model": m, "max_tokens": 2} for m in names], h)
+    rates = {}
+    for label, models in (("one adapter", [names[0]] * n),
+                          ("two adapters and the base", [names[i % 2] if i % 4 else "smollm2-135m-instruct"
+                                                         for i in range(n)])):
+        wall, out = concurrent(f"{replica}/v1/chat/completions", [{**base, "model": m} for m in models], h)
+        rates[label] = sum(p for _, p, _ in out) / wall
+    report(f"a batch of {n}: two adapters and the base", rates["two adapters and the base"], rates["one adapter"],
+           "tok/s", "one adapter, same batch size", ">= 0.85x")
 
 
 # ---- the API under load ---------------------------------------------------------------------------------------

@@ -59,10 +59,11 @@ class Stack:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, name: str, instance: str | None = None) -> subprocess.Popen:
+    def start(self, name: str, instance: str | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start the Procfile's `name` (as `instance`), with `env` over the stack's environment."""
         key = instance or name
         log = open(self.data_dir / f"{key}.log", "ab")
-        p = subprocess.Popen(shlex.split(PROCFILE[name]), env=self.env, cwd=str(ROOT), stdout=log,
+        p = subprocess.Popen(shlex.split(PROCFILE[name]), env={**self.env, **(env or {})}, cwd=str(ROOT), stdout=log,
                              stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[key] = p
         return p
@@ -169,7 +170,7 @@ def python() -> str:
 
 
 def launch_stack(db: str, redis_url: str, data_dir: Path, model_dir: Path, **env: str) -> Stack:
-    """The service's processes on database `db`: API, projector, dispatcher and two cpu workers, started
+    """The service's processes on database `db`: API, serving, projector, dispatcher and two cpu workers, started
     from the Procfile's own command lines with an operator key; returns once the API is healthy.
     `env` overrides the test defaults (TUNELOG_* variables)."""
     from eventlog.keys import register_key
@@ -180,6 +181,9 @@ def launch_stack(db: str, redis_url: str, data_dir: Path, model_dir: Path, **env
         **os.environ,
         "DATABASE_URL": db, "REDIS_URL": redis_url, "TUNELOG_DATA_DIR": str(data_dir),
         "TUNELOG_MODEL_DIR": str(model_dir), "TUNELOG_PORT": str(port), "TUNELOG_TRAINING_QUEUE": "cpu",
+        "TUNELOG_SERVING_PORT": str(free_port()),
+        # set, as for replicas on other hosts: an API on another data directory (test_limits) can use this replica
+        "TUNELOG_SERVING_TOKEN": "tl-serving-" + os.urandom(16).hex(),
         "TUNELOG_LEASE_SECONDS": "4", "TUNELOG_MAX_ATTEMPTS": "3", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
         **env,
@@ -187,7 +191,7 @@ def launch_stack(db: str, redis_url: str, data_dir: Path, model_dir: Path, **env
     s = Stack(env=full, data_dir=data_dir, port=port)
     s.admin_key = "tl-test-operator-" + os.urandom(8).hex()
     register_key(db, s.admin_key, role="operator", project="default", name="test operator")
-    for name, instance in (("web", None), ("projector", None), ("dispatcher", None),
+    for name, instance in (("web", None), ("serving", None), ("projector", None), ("dispatcher", None),
                            ("worker-cpu", "worker-cpu.1"), ("worker-cpu", "worker-cpu.2")):
         s.start(name, instance)
     s.wait_healthy()
@@ -250,3 +254,23 @@ def register_model(stack, project: str, job_id: str | None = None, model_id: str
         "lineage": {"base_model": base, "job_id": job_id, "final_metrics": {}}}, {"actor": "test"})])
     wait_for(lambda: stack.sql("SELECT 1 FROM models WHERE id = %s", (model_id,)), 30, what="the model projected")
     return model_id
+
+
+def random_adapters(data_dir: Path) -> dict[str, str]:
+    """Two real peft LoRA adapters of the bundled base with random weights (so they answer differently from the
+    base and from each other), in the artifact store: name -> path relative to the data directory."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model_dir = Path(os.environ.get("TUNELOG_MODEL_DIR") or ROOT / ".data" / "models")
+    out = {}
+    for i, name in enumerate(("adapter-one", "adapter-two")):
+        rel = f"artifacts/serving-test/{name}"
+        if not (data_dir / rel / "adapter_config.json").exists():
+            torch.manual_seed(100 + i)
+            base = AutoModelForCausalLM.from_pretrained(model_dir / "smollm2-135m-instruct")
+            cfg = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+            get_peft_model(base, cfg).save_pretrained(data_dir / rel)
+        out[name] = rel
+    return out

@@ -63,7 +63,8 @@ def test_health_metrics_and_openapi_need_no_key(stack):
     assert h.status_code == 200 and h.json()["postgres"] == "ok" and h.json()["redis"] == "ok"
     # every part of the stack reports in (workers may still be importing their libraries)
     h = wait_for(lambda: (r := stack.http("GET", "/healthz")).json()["status"] == "ok" and r, 60, what="all ok")
-    assert set(h.json()["parts"]) == {"projector", "dispatcher", "worker-cpu"}
+    assert set(h.json()["parts"]) == {"projector", "dispatcher", "worker-cpu", "serving"}
+    assert [r["status"] for r in h.json()["parts"]["serving"]["replicas"]] == ["ok"]
     # both workers, and no more once any heartbeat of a process gone (a stale row ages out in 15 s) has aged out
     wait_for(lambda: stack.http("GET", "/healthz").json()["parts"]["worker-cpu"]["processes"] == 2, 30,
              what="two cpu worker processes")

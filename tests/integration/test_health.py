@@ -15,19 +15,37 @@ def test_healthy_when_postgres_and_redis_answer_and_each_missing_part_is_named(s
     # nothing else runs in this test: every part is reported down, the API itself still answers 200
     assert r.json["status"] == "degraded"
     assert {k: v["status"] for k, v in r.json["parts"].items()} == {
-        "projector": "down", "dispatcher": "down", "worker-cpu": "down"}
+        "projector": "down", "dispatcher": "down", "worker-cpu": "down", "serving": "down"}
 
 
-def test_every_part_with_a_fresh_heartbeat_is_ok(settings):
+def test_every_part_with_a_fresh_heartbeat_and_an_answering_replica_is_ok(settings, monkeypatch):
+    import threading
+
+    from werkzeug.serving import make_server
+
     from eventlog.db import pool
     from eventlog.heartbeat import Heartbeat
+    from tests.helpers import free_port
+    from workers.batching import Engine
+    from workers.serving import create_app as serving_app
 
     p = pool(settings.database_url)
     for kind in ("projector", "dispatcher", "worker-cpu"):
         Heartbeat(p, kind).beat()
-    r = client(settings).get("/healthz")
+    # a real serving replica (its engine loads a model only for a first chat: /health needs none)
+    monkeypatch.setenv("TUNELOG_DATA_DIR", str(settings.data_dir))
+    port = free_port()
+    replica = make_server("127.0.0.1", port, serving_app(Engine(settings.model_dir, settings.data_dir)), threaded=True)
+    threading.Thread(target=replica.serve_forever, daemon=True).start()
+    monkeypatch.setenv("TUNELOG_SERVING_URLS", f"http://127.0.0.1:{port}")
+    try:
+        r = client(settings).get("/healthz")
+    finally:
+        replica.shutdown()
     assert r.status_code == 200 and r.json["status"] == "ok", r.json
     assert r.json["parts"]["projector"] == {"status": "ok", "lag_events": 0, "parked_events": 0}
+    assert r.json["parts"]["serving"]["replicas"] == [
+        {"url": f"http://127.0.0.1:{port}", "status": "ok", "running": 0, "waiting": 0}]
 
 
 def test_503_naming_redis_when_redis_is_unreachable(settings):
