@@ -6,6 +6,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -445,15 +446,20 @@ def bench_chat(server: str, redis_url: str, tmp: Path, samples: int) -> None:
             t0 = time.perf_counter()
             generate()
             bare.append(time.perf_counter() - t0)
-    finally:
+        concurrent = lambda: _bench_concurrent_chats(stack, model, tok, data)  # noqa: E731 - run after the report
+    except BaseException:
         stack.stop_all()
+        raise
     o, b = statistics.median(ours) * 1000, statistics.median(bare) * 1000
     report(f"chat over HTTP, {n_new} tokens (p50)", o, b, "ms", "bare generate, another process", "-",
            higher_is_better=False)
     print(f"  over HTTP, from the API process to this one: {o - b:+.1f} ms (this includes the two processes' "
           "different generate speeds, not only our path)", flush=True)
 
-    _bench_concurrent_chats(stack, model, tok, data)
+    try:
+        concurrent()
+    finally:
+        stack.stop_all()
 
 
 def _bench_concurrent_chats(stack, model, tok, data: Path, n: int = 16, new_tokens: int = 64) -> None:
@@ -480,6 +486,7 @@ def _bench_concurrent_chats(stack, model, tok, data: Path, n: int = 16, new_toke
         pieces = 0
         with requests.post(url, json=b, headers=h, stream=True, timeout=600) as r:
             r.raise_for_status()
+            timing = dict(re.findall(r"(\w+);dur=([\d.]+)", r.headers.get("Server-Timing", "")))
             for line in r.iter_lines():
                 if line.startswith(b"data: {"):
                     chunk = json.loads(line[6:])
@@ -488,7 +495,7 @@ def _bench_concurrent_chats(stack, model, tok, data: Path, n: int = 16, new_toke
                     usage = chunk.get("usage")
                     if usage:
                         pieces = usage["completion_tokens"]
-        out.append((first, pieces, time.perf_counter() - t0))
+        out.append((first, pieces, time.perf_counter() - t0, timing))
 
     def concurrent(url: str, bodies: list[dict], h: dict) -> tuple[float, list]:
         out: list = []
@@ -502,10 +509,25 @@ def _bench_concurrent_chats(stack, model, tok, data: Path, n: int = 16, new_toke
 
     chat_url = stack.base_url + "/v1/chat/completions"
     concurrent(chat_url, [{**body, "max_tokens": 4}], headers)  # the replica loads the model
-    wall, out = concurrent(chat_url, [body] * n, headers)
-    tokens = sum(p for _, p, _ in out)
+    pupils = [stack.new_key("viewer", "bench")["key"] for _ in range(n)]  # 16 pupils, a key each
+
+    def one_each(url: str, b: dict, out: list, key: str) -> None:
+        one(url, b, {"Authorization": f"Bearer {key}"}, out)
+
+    out: list = []
+    threads = [threading.Thread(target=one_each, args=(chat_url, body, out, key)) for key in pupils]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    tokens = sum(o[1] for o in out)
     assert tokens == n * new_tokens, f"{tokens} tokens, expected {n * new_tokens}"
-    ttft = statistics.median(f for f, _, _ in out)
+    ttft = statistics.median(o[0] for o in out)
+    replica = {k: statistics.median(float(o[3].get(k, "nan")) for o in out) for k in ("queue", "ttft")}
+    print(f"  p50 on the replica: waited {replica['queue']:.0f} ms, first token {replica['ttft']:.0f} ms after "
+          f"arriving there; at the client {ttft * 1000:.0f} ms", flush=True)
 
     inputs = tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
                  return_tensors="pt", add_special_tokens=False)
@@ -535,7 +557,7 @@ def _bench_concurrent_chats(stack, model, tok, data: Path, n: int = 16, new_toke
                           ("two adapters and the base", [names[i % 2] if i % 4 else "smollm2-135m-instruct"
                                                          for i in range(n)])):
         wall, out = concurrent(f"{replica}/v1/chat/completions", [{**base, "model": m} for m in models], h)
-        rates[label] = sum(p for _, p, _ in out) / wall
+        rates[label] = sum(o[1] for o in out) / wall
     report(f"a batch of {n}: two adapters and the base", rates["two adapters and the base"], rates["one adapter"],
            "tok/s", "one adapter, same batch size", ">= 0.85x")
 

@@ -14,6 +14,7 @@ Text is streamed per request through a queue: ("text", piece), then ("end", fini
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -47,6 +48,7 @@ class Request:
     first_token: float | None = None
     # filled in by the engine
     prompt_ids: list[int] = field(default_factory=list)
+    prefix: int = 0  # leading prompt tokens (the system message) whose KV cache is shared with other requests
     generated: list[int] = field(default_factory=list)
     emitted: int = 0  # characters of the decoded text already sent
     deadline: float | None = None
@@ -149,6 +151,7 @@ class _Model:
     window: int
     eos: set[int]
     adapters: OrderedDict = field(default_factory=OrderedDict)  # name -> bytes (LRU order)
+    folders: dict[str, str] = field(default_factory=dict)  # name -> the folder its weights came from
     rows: list[Request] = field(default_factory=list)  # the running batch, in cache row order
     layers: list[_Layer] | None = None
     mask: Any = None  # [rows, n] 1 for real tokens
@@ -166,9 +169,9 @@ class Engine:
     LRU bounded by `adapter_bytes`; a full model (a full fine-tune) loads as a model of its own."""
 
     def __init__(self, model_dir: Path, data_dir: Path, *, max_batch: int = 16, max_waiting: int = 64,
-                 adapter_bytes: int = 512 * 1024 * 1024, max_models: int = 3):
+                 adapter_bytes: int = 512 * 1024 * 1024, max_models: int = 3, prefill_batch: int = 8):
         self.model_dir, self.data_dir = Path(model_dir), Path(data_dir)
-        self.max_batch, self.max_waiting = max_batch, max_waiting
+        self.max_batch, self.max_waiting, self.prefill_batch = max_batch, max_waiting, max(1, prefill_batch)
         self.adapter_bytes, self.max_models = adapter_bytes, max_models
         self.models: OrderedDict[str, _Model] = OrderedDict()
         self.served: dict[str, tuple[str, str | None, str | None]] = {}  # name -> (model key, adapter, folder)
@@ -178,6 +181,11 @@ class Engine:
         self.stopping = False
         self.steps = 0
         self.tokens = 0
+        self.prefix_hits = 0
+        # the KV cache of recent system messages, per model and adapter (LRU): every pupil's chat starts with the
+        # same tutor instructions, which are then prefilled once, not once per request
+        self.prefixes: OrderedDict[tuple, list] = OrderedDict()
+        self.max_prefixes = 16
         self._cache_cls = None
 
     # ---- the registry of served names ---------------------------------------------------------------------
@@ -244,7 +252,7 @@ class Engine:
         with self.lock:
             return {"running": sum(len(m.rows) for m in self.models.values()), "waiting": len(self.waiting),
                     "max_batch": self.max_batch, "max_waiting": self.max_waiting,
-                    "steps": self.steps, "tokens": self.tokens}
+                    "steps": self.steps, "tokens": self.tokens, "prefix_hits": self.prefix_hits}
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self._run, name="engine", daemon=True)
@@ -268,11 +276,17 @@ class Engine:
                     self.lock.wait()
                 if self.stopping:
                     break
-                running = sum(len(m.rows) for m in self.models.values())
-                admit = self.waiting[:max(0, self.max_batch - running)]
-                del self.waiting[:len(admit)]
-            for req in admit:  # prefilled one at a time; each answers its first token at once
-                self._admit(req)
+            # Arrivals first: prefilled in groups of up to `prefill_batch` (one forward each; a group's first tokens
+            # come together, so small groups keep the first of many arrivals early), group after group while any
+            # wait and the batch has room, then one decode step for everyone running.
+            while True:
+                with self.lock:
+                    running = sum(len(m.rows) for m in self.models.values())
+                    admit = self.waiting[:max(0, min(self.prefill_batch, self.max_batch - running))]
+                    del self.waiting[:len(admit)]
+                if not admit:
+                    break
+                self._admit(admit)
             for m in list(self.models.values()):
                 if m.rows:
                     try:
@@ -320,8 +334,12 @@ class Engine:
         from peft import PeftModel
 
         if name in m.adapters:
-            m.adapters.move_to_end(name)
-            return
+            if m.folders.get(name) == folder:
+                m.adapters.move_to_end(name)
+                return
+            if name in m.adapter_of:  # the name was given to another folder while this one still answers
+                raise RuntimeError(f"{name!r} is being answered from another folder; retry when it is done")
+            self._drop_adapter(m, name)  # the name now means another folder: its weights and prefixes go
         if isinstance(m.model, PeftModel):
             m.model.load_adapter(folder, adapter_name=name)
         else:
@@ -329,19 +347,27 @@ class Engine:
         m.model.eval()
         size = sum(f.stat().st_size for f in Path(folder).glob("adapter_model.*"))
         m.adapters[name] = size
+        m.folders[name] = folder
         in_use = set(m.adapter_of)
         while sum(m.adapters.values()) > self.adapter_bytes and len(m.adapters) > 1:
             old = next((a for a in m.adapters if a not in in_use and a != name), None)
             if old is None:
                 break
-            m.model.delete_adapter(old)
-            del m.adapters[old]
+            self._drop_adapter(m, old)
 
-    def _admit(self, req: Request) -> None:
+    def _drop_adapter(self, m: _Model, name: str) -> None:
+        m.model.delete_adapter(name)
+        m.adapters.pop(name, None)
+        m.folders.pop(name, None)
+        for key in [k for k in self.prefixes if k[0] == m.name and k[1] == name]:
+            del self.prefixes[key]
+
+    def _prepare(self, req: Request) -> tuple[_Model, str] | None:
+        """Resolve, load and tokenize one request (None, and an error sent, when it cannot run)."""
         import torch
 
         if req.cancelled.is_set():
-            return
+            return None
         req.admitted = time.monotonic()
         try:
             key, adapter, folder = self.resolve(req.model)
@@ -350,46 +376,116 @@ class Engine:
                 self._adapter(m, adapter, folder)
             text = m.tokenizer.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
             req.prompt_ids = m.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if req.messages[0]["role"] == "system" and len(req.messages) > 1:
+                head = m.tokenizer.apply_chat_template(req.messages[:1], tokenize=False)
+                ids = m.tokenizer(head, add_special_tokens=False)["input_ids"]
+                if 16 <= len(ids) < len(req.prompt_ids) and req.prompt_ids[:len(ids)] == ids:
+                    req.prefix = len(ids)
             if len(req.prompt_ids) + 1 > m.window:
                 req.out.put(("error", f"the prompt has {len(req.prompt_ids)} tokens; the model's window is "
                                       f"{m.window}"))
-                return
+                return None
             if req.time_limit:
                 req.deadline = time.monotonic() + req.time_limit
             if req.temperature > 0:
                 req.generator = torch.Generator(device=m.model.device)
-                req.generator.manual_seed(req.seed if req.seed is not None else int.from_bytes(
-                    __import__("os").urandom(4), "little"))
-            from transformers import DynamicCache
+                req.generator.manual_seed(req.seed if req.seed is not None else int.from_bytes(os.urandom(4), "little"))
+        except Exception as e:  # noqa: BLE001 - this request fails; the others go on
+            log.exception("preparing a request failed")
+            req.out.put(("error", f"generation failed: {type(e).__name__}: {e}"[:300]))
+            return None
+        return m, adapter or BASE
 
-            ids = torch.tensor([req.prompt_ids], device=m.model.device)
-            cache = DynamicCache()
+    def _admit(self, reqs: list[Request]) -> None:
+        """Prefill requests of one model together (left-padded, one forward), then join them to its batch; each
+        answers its first token at once."""
+        import torch
+        from transformers import DynamicCache
+
+        ready = [(r, p) for r in reqs if (p := self._prepare(r)) is not None]
+        groups: dict[tuple, list[tuple[Request, str]]] = {}
+        for r, (m, adapter) in ready:  # rows sharing a cached system message share its KV: grouped by it
+            shared = (adapter, tuple(r.prompt_ids[:r.prefix])) if r.prefix else None
+            groups.setdefault((m.name, shared), []).append((r, adapter))
+        for (key, shared), group in groups.items():
+            m = self.models[key]
+            rows = [r for r, _ in group]
+            dev = m.model.device
             kwargs: dict[str, Any] = {}
             if m.adapters:
-                kwargs["adapter_names"] = [adapter or BASE]
-            out = m.model(input_ids=ids, past_key_values=cache, use_cache=True, **kwargs)
-            token = self._sample([req], out.logits[:, -1, :])[0]
-            layers = [(layer.keys, layer.values) for layer in cache.layers]
-        except Exception as e:  # noqa: BLE001 - this request fails; the batch goes on
-            log.exception("prefill failed")
-            req.out.put(("error", f"generation failed: {type(e).__name__}: {e}"[:300]))
-            return
-        self._join(m, req, adapter or BASE, layers, token)
-        self._emit(m, len(m.rows) - 1, token)
-        self._finish_done(m)
+                kwargs["adapter_names"] = [a for _, a in group]
+            try:
+                cache = DynamicCache()
+                start_mask = None
+                p = 0
+                if shared is not None:  # the system message's KV, computed once, copied to each row
+                    prefix = self._prefix(m, shared)
+                    p = len(shared[1])
+                    for i, (k, v) in enumerate(prefix):
+                        cache.update(k.expand(len(rows), -1, -1, -1).contiguous(),
+                                     v.expand(len(rows), -1, -1, -1).contiguous(), i)
+                    start_mask = torch.ones((len(rows), p), dtype=torch.long, device=dev)
+                rest = [r.prompt_ids[p:] for r in rows]
+                width = max(len(x) for x in rest)
+                pad = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0
+                ids = torch.tensor([[pad] * (width - len(x)) + x for x in rest], device=dev)
+                mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in rest], device=dev)
+                positions = (p + mask.cumsum(dim=1) - 1).clamp(min=p)
+                if start_mask is not None:
+                    mask = torch.cat([start_mask, mask], dim=1)
+                # logits of the last position only (left padding: every row ends there)
+                out = m.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                              use_cache=True, logits_to_keep=1, **kwargs)
+                tokens = self._sample(rows, out.logits[:, -1, :])
+                layers = [(layer.keys, layer.values) for layer in cache.layers]
+            except Exception as e:  # noqa: BLE001 - these requests fail; the batch goes on
+                log.exception("prefill failed")
+                for r in rows:
+                    r.out.put(("error", f"generation failed: {type(e).__name__}: {e}"[:300]))
+                continue
+            start = len(m.rows)
+            self._join(m, rows, [a for _, a in group], layers, mask,
+                       torch.tensor([len(r.prompt_ids) for r in rows], device=dev), tokens)
+            for i, t in enumerate(tokens):
+                self._emit(m, start + i, t)
+            self._finish_done(m)
 
-    def _join(self, m: _Model, req: Request, adapter: str, layers: list, token: int) -> None:
+    def _prefix(self, m: _Model, shared: tuple) -> list:
+        """The KV cache (one row) of a system message for an adapter, from the LRU or computed now."""
+        import torch
+        from transformers import DynamicCache
+
+        key = (m.name, *shared)
+        hit = self.prefixes.get(key)
+        if hit is not None:
+            self.prefixes.move_to_end(key)
+            self.prefix_hits += 1
+            return hit
+        adapter, ids = shared
+        kwargs: dict[str, Any] = {"adapter_names": [adapter]} if m.adapters else {}
+        cache = DynamicCache()
+        m.model(input_ids=torch.tensor([list(ids)], device=m.model.device), past_key_values=cache, use_cache=True,
+                logits_to_keep=1, **kwargs)
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        self.prefixes[key] = layers
+        while len(self.prefixes) > self.max_prefixes:
+            self.prefixes.popitem(last=False)
+        return layers
+
+    def _join(self, m: _Model, reqs: list[Request], adapters: list[str], layers: list, row_mask, lengths,
+              tokens: list[int]) -> None:
+        """Add prefilled rows (their cache `layers`, [rows, heads, n, dim] each, and mask) to the batch: whichever
+        is shorter is padded on the left."""
         import torch
 
         n_new = layers[0][0].shape[-2]
         dev = layers[0][0].device
-        row_mask = torch.ones((1, n_new), dtype=torch.long, device=dev)
         if m.layers is None or not m.rows:
             m.layers = [_Layer(k, v) for k, v in layers]
             m.mask = row_mask
-            m.positions = torch.tensor([n_new], device=dev)
-            m.last = torch.tensor([token], device=dev)
-            m.rows, m.adapter_of = [req], [adapter]
+            m.positions = lengths
+            m.last = torch.tensor(tokens, device=dev)
+            m.rows, m.adapter_of = list(reqs), list(adapters)
             return
         n_batch = m.layers[0].n
         width = max(n_batch, n_new)
@@ -405,13 +501,13 @@ class Engine:
         if n_batch < width:
             mask = torch.cat([mask.new_zeros((mask.shape[0], width - n_batch)), mask], dim=1)
         if n_new < width:
-            row_mask = torch.cat([row_mask.new_zeros((1, width - n_new)), row_mask], dim=1)
+            row_mask = torch.cat([row_mask.new_zeros((row_mask.shape[0], width - n_new)), row_mask], dim=1)
         m.layers = merged
         m.mask = torch.cat([mask, row_mask])
-        m.positions = torch.cat([m.positions, torch.tensor([n_new], device=dev)])
-        m.last = torch.cat([m.last, torch.tensor([token], device=dev)])
-        m.rows.append(req)
-        m.adapter_of.append(adapter)
+        m.positions = torch.cat([m.positions, lengths])
+        m.last = torch.cat([m.last, torch.tensor(tokens, device=dev)])
+        m.rows.extend(reqs)
+        m.adapter_of.extend(adapters)
 
     def _step(self, m: _Model) -> None:
         import torch
@@ -424,7 +520,7 @@ class Engine:
         if m.adapters:
             kwargs["adapter_names"] = list(m.adapter_of)
         out = m.model(input_ids=m.last[:, None], attention_mask=mask, position_ids=m.positions[:, None],
-                      past_key_values=cache, use_cache=True, **kwargs)
+                      past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs)
         tokens = self._sample(m.rows, out.logits[:, -1, :])
         m.mask = mask
         m.positions = m.positions + 1

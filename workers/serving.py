@@ -61,7 +61,8 @@ def create_app(engine: Engine | None = None) -> Flask:
     if engine is None:
         engine = Engine(model_dir, data_dir, max_batch=int(os.environ.get("TUNELOG_SERVING_MAX_BATCH", "16")),
                         max_waiting=int(os.environ.get("TUNELOG_SERVING_MAX_WAITING", "32")),
-                        adapter_bytes=int(os.environ.get("TUNELOG_SERVING_ADAPTER_MB", "512")) * 1024 * 1024)
+                        adapter_bytes=int(os.environ.get("TUNELOG_SERVING_ADAPTER_MB", "512")) * 1024 * 1024,
+                        prefill_batch=int(os.environ.get("TUNELOG_SERVING_PREFILL_BATCH", "8")))
         engine.start()
     data_dir = engine.data_dir
     token = serving_token(data_dir)
@@ -181,8 +182,14 @@ def create_app(engine: Engine | None = None) -> Flask:
         def sse():
             try:
                 yield chunk({"role": "assistant", "content": ""})
+                first = True
                 for item in items():
                     if item[0] == "text":
+                        if first:  # the wait and the time to this token, for the caller's Server-Timing
+                            first = False
+                            yield chunk({"content": item[1]}, tunelog={"queue_ms": req.queue_ms,
+                                                                       "ttft_ms": req.ttft_ms})
+                            continue
                         yield chunk({"content": item[1]})
                     elif item[0] == "end":
                         _, reason, usage = item

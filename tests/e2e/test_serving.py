@@ -1,5 +1,5 @@
 """The serving tier (issue 11): generation runs in serving replicas (`python -m workers.serving`), batched
-continuously, behind the API's least-loaded routing.
+continuously (with a shared KV cache for system messages), behind the API's least-loaded routing.
 
 A module fixture runs two replicas and an API process over both (on the session's database and data
 directory): replica A as configured by default, replica B small (a batch of 2, one waiting) so that a full
@@ -45,9 +45,15 @@ def tier(stack):
         s.stop_all()
 
 
-def _stream(url: str, token: str, model: str, prompt: str, max_tokens: int = 24) -> str:
+SYSTEM = "You are a patient tutor for pupils aged ten to fourteen. Answer in two short sentences."
+
+
+def _stream(url: str, token: str, model: str, prompt: str, max_tokens: int = 16) -> str:
+    # the second prompt comes with a system message: its KV cache is shared between requests (prefix cache)
+    messages = ([{"role": "system", "content": SYSTEM}] if prompt == PROMPTS[1] else []) + [
+        {"role": "user", "content": prompt}]
     r = requests.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {token}"}, stream=True,
-                      json={"model": model, "messages": [{"role": "user", "content": prompt}], "stream": True,
+                      json={"model": model, "messages": messages, "stream": True,
                             "max_tokens": max_tokens, "temperature": 0}, timeout=300)
     assert r.status_code == 200, r.text
     text = []
@@ -77,6 +83,7 @@ def test_two_adapters_and_the_base_in_one_batch_answer_as_each_alone(tier, stack
     assert together == alone
     steps, tokens = after["steps"] - before["steps"], after["tokens"] - before["tokens"]
     assert steps < tokens / 2, f"batched: {steps} steps for {tokens} tokens"
+    assert after["prefix_hits"] >= before["prefix_hits"] + 3  # the system message was prefilled once per adapter
 
 
 def test_the_replica_checks_its_token_and_confines_adapter_paths(tier):
