@@ -101,8 +101,8 @@ def _serving() -> dict[str, Any]:
 
     from api.serving import replica_urls
 
-    replicas = []
-    for url in replica_urls():
+    replicas = []  # by number, not URL: /healthz answers anyone, and replicas' addresses are the operator's business
+    for number, url in enumerate(replica_urls(), 1):
         try:
             r = httpx.get(f"{url}/health", timeout=1.0)
             r.raise_for_status()
@@ -110,10 +110,10 @@ def _serving() -> dict[str, Any]:
                 body = r.json()
             except ValueError:
                 body = {}
-            replicas.append({"url": url, "status": "ok", "running": body.get("running"),
+            replicas.append({"replica": number, "status": "ok", "running": body.get("running"),
                              "waiting": body.get("waiting")})
         except Exception as e:  # noqa: BLE001 - any failure: that replica is down
-            replicas.append({"url": url, "status": f"down: {type(e).__name__}"})
+            replicas.append({"replica": number, "status": f"down: {type(e).__name__}"})
     return {"status": "ok" if any(r["status"] == "ok" for r in replicas) else "down", "replicas": replicas}
 
 

@@ -305,7 +305,8 @@ class Engine:
     def _model(self, key: str) -> _Model:
         m = self.models.get(key)
         if m is not None:
-            self.models.move_to_end(key)
+            with self.lock:
+                self.models.move_to_end(key)
             return m
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -326,8 +327,11 @@ class Engine:
             eos.add(tok.eos_token_id)
         idle = [k for k, x in self.models.items() if not x.rows and k.startswith("full:")]
         while len(self.models) >= self.max_models and idle:  # full models are as large as a base: keep few
-            del self.models[idle.pop(0)]
-        m = self.models[key] = _Model(key, tok, model, window, eos)
+            with self.lock:  # /health counts the models' rows from other threads
+                del self.models[idle.pop(0)]
+        m = _Model(key, tok, model, window, eos)
+        with self.lock:
+            self.models[key] = m
         return m
 
     def _adapter(self, m: _Model, name: str, folder: str) -> None:

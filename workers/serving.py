@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import queue
+import re
 import sys
 import time
 import uuid
@@ -31,6 +32,7 @@ from flask import Flask, Response, jsonify, request, stream_with_context
 from workers.batching import Busy, Engine, Request
 
 log = logging.getLogger("tunelog.serving")
+NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")  # an adapter's name: peft makes module keys of it
 
 
 def _error(status: int, message: str, code: str, param: str | None = None, **headers: str):
@@ -67,6 +69,7 @@ def create_app(engine: Engine | None = None) -> Flask:
     data_dir = engine.data_dir
     token = serving_token(data_dir)
     app = Flask("tunelog-serving")
+    app.config["MAX_CONTENT_LENGTH"] = 8 * 1024 * 1024  # a prompt larger than any model's window is refused unread
     app.extensions["engine"] = engine
     max_tokens_cap = int(os.environ.get("TUNELOG_SERVING_MAX_TOKENS", "4096"))  # above the API's own cap (2048)
     time_cap = float(os.environ.get("TUNELOG_SERVING_TIME_LIMIT", "300"))
@@ -93,8 +96,11 @@ def create_app(engine: Engine | None = None) -> Flask:
     def load_adapter():
         body = request.get_json(silent=True) or {}
         name, path = body.get("lora_name"), body.get("lora_path")
-        if not isinstance(name, str) or not name or len(name) > 200 or not isinstance(path, str) or not path:
-            return _error(400, "lora_name and lora_path are required strings", "invalid_value")
+        if not isinstance(name, str) or not NAME.fullmatch(name) or not isinstance(path, str) or not path:
+            return _error(400, "lora_name (letters, digits, - and _, at most 100) and lora_path are required",
+                          "invalid_value")
+        if name in engine.base_names():
+            return _error(400, f"{name!r} is a base model's name", "invalid_value", "lora_name")
         from eventlog.artifacts import resolve_rel
 
         try:  # confined to the artifact store: a path outside it is refused before anything is opened

@@ -97,6 +97,10 @@ def test_the_replica_checks_its_token_and_confines_adapter_paths(tier):
     for path in ("/etc", "../../etc", "artifacts/../../etc", "models/smollm2-135m-instruct", "artifacts/none"):
         r = requests.post(f"{url}/v1/load_lora_adapter", headers=h, json={"lora_name": "x", "lora_path": path})
         assert r.status_code == 400, (path, r.text)
+    for name in ("a.b", "", "x" * 101, "smollm2-135m-instruct", None):
+        r = requests.post(f"{url}/v1/load_lora_adapter", headers=h,
+                          json={"lora_name": name, "lora_path": "artifacts/serving-test/adapter-one"})
+        assert r.status_code == 400, (name, r.text)
     r = requests.post(f"{url}/v1/chat/completions", headers=h, json={**body, "model": "x"})
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
     r = requests.post(f"{url}/v1/chat/completions", headers=h, json={**body, "max_tokens": 10**9})
