@@ -381,9 +381,11 @@ def chat_completions():
             pieces, serving = serve(s.data_dir, runner.base_model, runner.artifact_path, prompt,
                                     max_tokens=req["max_tokens"], temperature=req["temperature"],
                                     top_p=req["top_p"], seed=req["seed"], result=gen,
-                                    time_limit=lim.generation_seconds, queue_timeout=lim.queue_seconds)
-            _observe(serving)
+                                    time_limit=lim.generation_seconds, queue_timeout=lim.queue_seconds,
+                                    user=principal.project)
         cleanup.callback(pieces.close)
+        if serving is not None:
+            _observe(serving)
         if program is not None:  # the answer field of DSPy's format; generation stops at its end marker
             from eventlog.programs import AnswerFilter
 

@@ -74,14 +74,16 @@ class Replicas:
                                    timeout=httpx.Timeout(10.0, connect=2.0),
                                    limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
 
-    def order(self) -> list[_Replica]:
-        """Replicas to try, best first: those up by fewest in flight (ties at random), then those down."""
+    def order(self) -> list[tuple[int, _Replica]]:
+        """(number, replica) to try, best first: those up by fewest in flight (ties at random), then those down.
+        Numbers count from 1 in TUNELOG_SERVING_URLS' order (what events and /healthz show, never addresses)."""
         now = time.monotonic()
         with self.lock:
-            up = [r for r in self.replicas if r.down_until <= now]
-            down = [r for r in self.replicas if r.down_until > now]
+            numbered = list(enumerate(self.replicas, 1))
+            up = [x for x in numbered if x[1].down_until <= now]
+            down = [x for x in numbered if x[1].down_until > now]
         random.shuffle(up)
-        return sorted(up, key=lambda r: r.in_flight) + sorted(down, key=lambda r: r.down_until)
+        return sorted(up, key=lambda x: x[1].in_flight) + sorted(down, key=lambda x: x[1].down_until)
 
     def mark_down(self, r: _Replica) -> None:
         with self.lock:
@@ -108,9 +110,9 @@ class Replicas:
                                       param="model", code="model_not_servable")
             path = str(resolve_rel(data_dir, path))
         resp = self.client.post(f"{r.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
-        if resp.status_code >= 400:
-            raise UpstreamError(f"the serving replica could not load the model: {resp.text[:300]}",
-                                code="serving_error")
+        if resp.status_code >= 400 and "already" not in resp.text:  # vLLM: 400 "... has already been loaded"
+            log.warning("a serving replica could not load %s: %s", name, resp.text[:300])  # paths stay in the log
+            raise UpstreamError("the serving replica could not load this model", code="serving_error")
         with self.lock:
             self.loaded.setdefault(r.url, set()).add(name)
 
@@ -165,14 +167,18 @@ def served_name(data_dir: Path, artifact_path: str) -> str:
 
 
 class _Lines:
-    """The `data:` payloads of an SSE response, one at a time."""
+    """The `data:` payloads of an SSE response, one at a time. Until `first_by` (a monotonic time), the wait is
+    bounded: the replica's `: ping` comments every 2 s let that be checked while no token comes."""
 
     def __init__(self, resp):
         self.resp = resp
         self.it = resp.iter_lines()
+        self.first_by: float | None = None
 
     def next(self) -> dict[str, Any] | None:
         for line in self.it:
+            if self.first_by is not None and time.monotonic() > self.first_by:
+                raise _Late()
             if not line.startswith("data:"):
                 continue
             data = line[5:].strip()
@@ -182,18 +188,23 @@ class _Lines:
         return None
 
 
+class _Late(Exception):
+    pass
+
+
 def open_stream(data_dir: Path, base_model: str, artifact_path: str | None, messages: list[dict[str, str]], *,
                 max_tokens: int, temperature: float, top_p: float, seed: int | None, result: Generation,
-                time_limit: float, queue_timeout: float = 30.0) -> tuple[Run, dict[str, Any]]:
+                time_limit: float, queue_timeout: float = 30.0, user: str | None = None) -> tuple[Run, dict[str, Any]]:
     """Send the prompt to a replica and return the answer's pieces as a Run, once its first token is in (or it
-    ended), with the replica's timing: {"queue_ms", "ttft_ms", "replica"}. Errors before that are HTTP errors
-    of ours: 429 when every replica is full or no first token came within `queue_timeout` seconds, 503 when no
-    replica answers. The answer is cut at `time_limit` seconds (finish_reason "length"; closing the connection
-    cancels it on the replica)."""
+    ended), with the replica's timing: {"queue_ms", "ttft_ms", "replica" (its number)}. Errors before that are
+    HTTP errors of ours: 429 when every replica is full or no first token came within `queue_timeout` seconds,
+    503 when no replica answers. The answer is cut at `time_limit` seconds (finish_reason "length"; closing the
+    connection cancels it on the replica). `user` (the project) keeps the replica's shared prompt caches apart."""
     import httpx
 
     deadline = time.monotonic() + time_limit
-    gap = httpx.Timeout(max(queue_timeout, 10.0), connect=2.0)  # the longest silence before a replica is stuck
+    # a replica sends a comment every 2 s while it has nothing else: 30 s of silence means it is stuck
+    silence = httpx.Timeout(30.0, connect=2.0)
 
     pool = replicas(data_dir)
     model = served_name(data_dir, artifact_path) if artifact_path else base_model
@@ -202,20 +213,23 @@ def open_stream(data_dir: Path, base_model: str, artifact_path: str | None, mess
                             "stream_options": {"include_usage": True}}
     if seed is not None:
         body["seed"] = seed
+    if user:
+        body["user"] = user
     busy: DomainError | None = None
-    for r in pool.order():
+    for number, r in pool.order():
         pool.take(r)
+        resp = None
         try:
             if artifact_path:
                 pool.ensure_adapter(r, model, artifact_path, data_dir)
-            req = pool.client.build_request("POST", f"{r.url}/v1/chat/completions", json=body, timeout=gap)
-            resp = pool.client.send(req, stream=True)
+            resp = pool.client.send(pool.client.build_request(
+                "POST", f"{r.url}/v1/chat/completions", json=body, timeout=silence), stream=True)
             if resp.status_code == 404 and artifact_path:  # the replica restarted and lost the adapter
                 resp.close()
                 pool.forget(r, model)
                 pool.ensure_adapter(r, model, artifact_path, data_dir)
                 resp = pool.client.send(pool.client.build_request(
-                    "POST", f"{r.url}/v1/chat/completions", json=body, timeout=gap), stream=True)
+                    "POST", f"{r.url}/v1/chat/completions", json=body, timeout=silence), stream=True)
             if resp.status_code == 429:
                 resp.close()
                 busy = TooManyRequests("every serving replica is full; retry shortly", retry_after=1,
@@ -225,31 +239,40 @@ def open_stream(data_dir: Path, base_model: str, artifact_path: str | None, mess
             if resp.status_code >= 400:
                 text = resp.read().decode(errors="replace")[:300]
                 resp.close()
-                pool.give(r)
+                log.warning("serving replica %s answered %s: %s", number, resp.status_code, text)
+                if resp.status_code == 400:  # a bound of the replica's (its message names no path)
+                    raise ValidationError(f"the serving replica refused the request: {_message(text)}",
+                                          param="messages")
                 if resp.status_code == 404:
-                    raise NotFound(f"the serving replica does not have the model: {text}", code="model_not_found")
-                if resp.status_code == 400:
-                    raise ValidationError(f"the serving replica refused the request: {text}", param="messages")
-                raise UpstreamError(f"the serving replica failed: {text}", code="serving_error")
+                    raise NotFound("the serving replica does not have this model", code="model_not_found")
+                raise UpstreamError("the serving replica failed; retry shortly", code="serving_error")
             lines = _Lines(resp)
+            lines.first_by = time.monotonic() + queue_timeout
             first: list[str] = []
-            timing: dict[str, Any] = {"replica": r.url}
+            timing: dict[str, Any] = {"replica": number}
             try:
                 ended = _read_until_text(lines, first, result, timing)
-            except _Broken as e:
+            except _Broken:
                 resp.close()
-                raise UpstreamError(f"the serving replica could not answer: {e}", code="serving_error") from None
-            except httpx.ReadTimeout:
+                raise UpstreamError("the serving replica could not answer; retry shortly",
+                                    code="serving_error") from None
+            except (_Late, httpx.ReadTimeout):
                 resp.close()
-                raise TooManyRequests(f"no generation started within {gap.read:g} s: the serving tier is busy; "
-                                      "retry shortly", retry_after=5, code="model_busy") from None
+                raise TooManyRequests(f"no generation started within {queue_timeout:g} s: the serving tier is "
+                                      "busy; retry shortly", retry_after=5, code="model_busy") from None
+            lines.first_by = None
         except (httpx.TransportError, json.JSONDecodeError) as e:
-            log.warning("serving replica %s failed before answering (%s): trying the next", r.url,
+            log.warning("serving replica %s failed before answering (%s): trying the next", number,
                         type(e).__name__)
+            if resp is not None:
+                resp.close()  # the replica stops generating what nobody will read
             pool.give(r)
-            pool.mark_down(r)
+            if isinstance(e, httpx.TransportError):  # unreachable or broken: quarantined a few seconds
+                pool.mark_down(r)
             continue
         except BaseException:
+            if resp is not None:
+                resp.close()
             pool.give(r)
             raise
         return Run(_pieces(pool, r, resp, lines, first, ended, result, timing, deadline),
@@ -257,6 +280,13 @@ def open_stream(data_dir: Path, base_model: str, artifact_path: str | None, mess
     if busy is not None:
         raise busy
     raise ServingUnavailable("no serving replica is answering; retry shortly")
+
+
+def _message(text: str) -> str:
+    try:
+        return str(json.loads(text)["error"]["message"])[:300]
+    except (ValueError, KeyError, TypeError):
+        return "invalid request"
 
 
 def _done(pool: Replicas, r: _Replica, resp) -> None:
@@ -274,7 +304,10 @@ def _take(chunk: dict[str, Any], parts: list[str], result: Generation, timing: d
         result.prompt_tokens = int(chunk["usage"].get("prompt_tokens") or 0)
         result.completion_tokens = int(chunk["usage"].get("completion_tokens") or 0)
     if chunk.get("tunelog"):
-        timing.update({k: chunk["tunelog"].get(k) for k in ("queue_ms", "ttft_ms")})
+        info = chunk["tunelog"]
+        timing.update({k: float(info[k]) for k in ("queue_ms", "ttft_ms") if isinstance(info.get(k), int | float)})
+        if isinstance(info.get("prompt_tokens"), int) and not result.prompt_tokens:
+            result.prompt_tokens = info["prompt_tokens"]
     last = False
     for choice in chunk.get("choices") or []:
         piece = (choice.get("delta") or {}).get("content")
@@ -295,7 +328,8 @@ def _read_until_text(lines: _Lines, first: list[str], result: Generation, timing
     the last piece, usage, is read too)."""
     while True:
         chunk = lines.next()
-        if chunk is None:
+        if chunk is None:  # ended without its last chunk
+            result.finish_reason = "error"
             return True
         if _take(chunk, first, result, timing):
             _drain(lines, result, timing)
@@ -322,7 +356,8 @@ def _pieces(pool: Replicas, r: _Replica, resp, lines: _Lines, first: list[str], 
                     result.finish_reason = "length"
                     break
                 chunk = lines.next()
-                if chunk is None:
+                if chunk is None:  # the stream ended without its last chunk: the answer is cut, not complete
+                    result.finish_reason = "error"
                     break
                 n = len(parts)
                 last = _take(chunk, parts, result, timing)
@@ -331,8 +366,8 @@ def _pieces(pool: Replicas, r: _Replica, resp, lines: _Lines, first: list[str], 
                     _drain(lines, result, timing)
                     break
     except (httpx.TransportError, json.JSONDecodeError, _Broken) as e:
-        log.warning("serving replica %s broke mid-answer (%s)", r.url, type(e).__name__)
-        if not isinstance(e, _Broken):
+        log.warning("a serving replica broke mid-answer (%s)", type(e).__name__)
+        if isinstance(e, httpx.TransportError) and not isinstance(e, httpx.ReadTimeout):
             pool.mark_down(r)
         result.finish_reason = "error"
     finally:

@@ -385,7 +385,7 @@ class ChatAnswered(Event):
     redactions: dict[str, int] | None = None  # what was redacted from the prompt sent to that provider
     # how it was generated: temperature, top_p, max_tokens, seed, retrieval and top_k (absent before issue 10)
     sampling: dict[str, Any] | None = None
-    # on the serving tier: {"queue_ms", "ttft_ms", "replica"} (absent before issue 11 and for providers)
+    # on the serving tier: {"queue_ms", "ttft_ms", "replica": its number} (absent before issue 11 and for providers)
     serving: dict[str, Any] | None = None
 
 

@@ -32,7 +32,7 @@ class Busy(Exception):
     """The waiting line is full: answer 429 with Retry-After."""
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity
 class Request:
     model: str  # the served name: a base model, an adapter or a full model
     messages: list[dict[str, str]]
@@ -49,6 +49,7 @@ class Request:
     # filled in by the engine
     prompt_ids: list[int] = field(default_factory=list)
     prefix: int = 0  # leading prompt tokens (the system message) whose KV cache is shared with other requests
+    namespace: str = ""  # whose requests may share that cache (the caller's `user`)
     generated: list[int] = field(default_factory=list)
     emitted: int = 0  # characters of the decoded text already sent
     deadline: float | None = None
@@ -182,6 +183,8 @@ class Engine:
         self.steps = 0
         self.tokens = 0
         self.prefix_hits = 0
+        self.pending: set[str] = set()  # models and adapters the requests being admitted need (never evicted)
+        self.prefix_bytes = 256 * 1024 * 1024  # the prefix cache's bound
         # the KV cache of recent system messages, per model and adapter (LRU): every pupil's chat starts with the
         # same tutor instructions, which are then prefilled once, not once per request
         self.prefixes: OrderedDict[tuple, list] = OrderedDict()
@@ -252,7 +255,8 @@ class Engine:
         with self.lock:
             return {"running": sum(len(m.rows) for m in self.models.values()), "waiting": len(self.waiting),
                     "max_batch": self.max_batch, "max_waiting": self.max_waiting,
-                    "steps": self.steps, "tokens": self.tokens, "prefix_hits": self.prefix_hits}
+                    "steps": self.steps, "tokens": self.tokens, "prefix_hits": self.prefix_hits,
+                    "engine": "running" if self.thread is not None and self.thread.is_alive() else "stopped"}
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self._run, name="engine", daemon=True)
@@ -279,23 +283,31 @@ class Engine:
             # Arrivals first: prefilled in groups of up to `prefill_batch` (one forward each; a group's first tokens
             # come together, so small groups keep the first of many arrivals early), group after group while any
             # wait and the batch has room, then one decode step for everyone running.
-            while True:
+            for _round in range(4):  # at most 4 groups before the next decode step: arrivals never starve it
                 with self.lock:
                     running = sum(len(m.rows) for m in self.models.values())
                     admit = self.waiting[:max(0, min(self.prefill_batch, self.max_batch - running))]
                     del self.waiting[:len(admit)]
+                admit = [r for r in admit if not r.cancelled.is_set()]  # gone before their turn: never prefilled
                 if not admit:
                     break
-                self._admit(admit)
+                try:
+                    self._admit(admit)
+                except Exception as e:  # noqa: BLE001 - a bug here fails these requests, never the engine
+                    log.exception("admission failed")
+                    for r in admit:
+                        r.out.put(("error", f"generation failed: {type(e).__name__}"))
+                    ids = {id(r) for r in admit}
+                    for m in list(self.models.values()):  # a batch they half-joined cannot be trusted: it ends
+                        if any(id(r) in ids for r in m.rows):
+                            self._fail_batch(m, e)
             for m in list(self.models.values()):
                 if m.rows:
                     try:
                         self._step(m)
                     except Exception as e:  # noqa: BLE001 - the batch fails, the engine goes on
                         log.exception("decode step failed")
-                        for r in m.rows:
-                            r.out.put(("error", f"generation failed: {type(e).__name__}"))
-                        self._reset(m)
+                        self._fail_batch(m, e)
         for m in self.models.values():
             for r in m.rows:
                 r.out.put(("error", "the serving process is stopping"))
@@ -325,7 +337,7 @@ class Engine:
         eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if tok.eos_token_id is not None:
             eos.add(tok.eos_token_id)
-        idle = [k for k, x in self.models.items() if not x.rows and k.startswith("full:")]
+        idle = [k for k, x in self.models.items() if not x.rows and k.startswith("full:") and k not in self.pending]
         while len(self.models) >= self.max_models and idle:  # full models are as large as a base: keep few
             with self.lock:  # /health counts the models' rows from other threads
                 del self.models[idle.pop(0)]
@@ -352,7 +364,7 @@ class Engine:
         size = sum(f.stat().st_size for f in Path(folder).glob("adapter_model.*"))
         m.adapters[name] = size
         m.folders[name] = folder
-        in_use = set(m.adapter_of)
+        in_use = set(m.adapter_of) | self.pending
         while sum(m.adapters.values()) > self.adapter_bytes and len(m.adapters) > 1:
             old = next((a for a in m.adapters if a not in in_use and a != name), None)
             if old is None:
@@ -383,7 +395,7 @@ class Engine:
             if req.messages[0]["role"] == "system" and len(req.messages) > 1:
                 head = m.tokenizer.apply_chat_template(req.messages[:1], tokenize=False)
                 ids = m.tokenizer(head, add_special_tokens=False)["input_ids"]
-                if 16 <= len(ids) < len(req.prompt_ids) and req.prompt_ids[:len(ids)] == ids:
+                if 16 <= len(ids) <= 2048 and len(ids) < len(req.prompt_ids) and req.prompt_ids[:len(ids)] == ids:
                     req.prefix = len(ids)
             if len(req.prompt_ids) + 1 > m.window:
                 req.out.put(("error", f"the prompt has {len(req.prompt_ids)} tokens; the model's window is "
@@ -406,10 +418,18 @@ class Engine:
         import torch
         from transformers import DynamicCache
 
-        ready = [(r, p) for r in reqs if (p := self._prepare(r)) is not None]
+        self.pending = set()
+        ready = []
+        for r in reqs:
+            p = self._prepare(r)
+            if p is not None:
+                ready.append((r, p))
+                self.pending |= {p[0].name, p[1]}
         groups: dict[tuple, list[tuple[Request, str]]] = {}
         for r, (m, adapter) in ready:  # rows sharing a cached system message share its KV: grouped by it
-            shared = (adapter, tuple(r.prompt_ids[:r.prefix])) if r.prefix else None
+            # per caller namespace (`user`: the API sends the project), so a hit never tells one project what
+            # another asked
+            shared = (adapter, r.namespace, tuple(r.prompt_ids[:r.prefix])) if r.prefix else None
             groups.setdefault((m.name, shared), []).append((r, adapter))
         for (key, shared), group in groups.items():
             m = self.models[key]
@@ -424,7 +444,7 @@ class Engine:
                 p = 0
                 if shared is not None:  # the system message's KV, computed once, copied to each row
                     prefix = self._prefix(m, shared)
-                    p = len(shared[1])
+                    p = len(shared[2])
                     for i, (k, v) in enumerate(prefix):
                         cache.update(k.expand(len(rows), -1, -1, -1).contiguous(),
                                      v.expand(len(rows), -1, -1, -1).contiguous(), i)
@@ -465,14 +485,16 @@ class Engine:
             self.prefixes.move_to_end(key)
             self.prefix_hits += 1
             return hit
-        adapter, ids = shared
+        adapter, _namespace, ids = shared
         kwargs: dict[str, Any] = {"adapter_names": [adapter]} if m.adapters else {}
         cache = DynamicCache()
         m.model(input_ids=torch.tensor([list(ids)], device=m.model.device), past_key_values=cache, use_cache=True,
                 logits_to_keep=1, **kwargs)
         layers = [(layer.keys, layer.values) for layer in cache.layers]
         self.prefixes[key] = layers
-        while len(self.prefixes) > self.max_prefixes:
+        size = lambda kv: sum(k.numel() * k.element_size() * 2 for k, _ in kv)  # noqa: E731
+        while len(self.prefixes) > 1 and (len(self.prefixes) > self.max_prefixes or
+                                          sum(size(x) for x in self.prefixes.values()) > self.prefix_bytes):
             self.prefixes.popitem(last=False)
         return layers
 
@@ -539,13 +561,20 @@ class Engine:
 
         out = logits.argmax(dim=-1).tolist()
         for i, r in enumerate(rows):
-            if r.temperature > 0:
-                probs = torch.softmax(logits[i].float() / r.temperature, dim=-1)
+            if r.temperature < 1e-5:  # greedy (a tiny temperature would overflow the division)
+                continue
+            try:
+                probs = torch.softmax(logits[i].double() / r.temperature, dim=-1)
+                probs = torch.nan_to_num(probs, nan=0.0, posinf=0.0, neginf=0.0)
                 if r.top_p < 1.0:
                     sorted_p, idx = torch.sort(probs, descending=True)
                     keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < r.top_p
+                    keep[0] = True  # the most likely token always stays
                     probs = torch.zeros_like(probs).scatter(0, idx[keep], sorted_p[keep])
-                out[i] = int(torch.multinomial(probs, 1, generator=r.generator).item())
+                if float(probs.sum()) > 0:
+                    out[i] = int(torch.multinomial(probs, 1, generator=r.generator).item())
+            except RuntimeError:  # a row's sampling never fails the batch: that row takes the likeliest token
+                log.warning("sampling failed for one row; it took the most likely token")
         return out
 
     def _emit(self, m: _Model, i: int, token: int) -> None:
@@ -596,6 +625,11 @@ class Engine:
         m.positions, m.last = m.positions[idx], m.last[idx]
         m.rows = [m.rows[i] for i in keep]
         m.adapter_of = [m.adapter_of[i] for i in keep]
+
+    def _fail_batch(self, m: _Model, e: BaseException) -> None:
+        for r in m.rows:
+            r.out.put(("error", f"generation failed: {type(e).__name__}"))
+        self._reset(m)
 
     def _reset(self, m: _Model) -> None:
         m.rows, m.adapter_of, m.layers, m.mask, m.positions, m.last = [], [], None, None, None, None

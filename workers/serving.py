@@ -85,11 +85,17 @@ def create_app(engine: Engine | None = None) -> Flask:
 
     @app.get("/health")
     def health():
-        return jsonify({"status": "ok", **engine.load()})
+        load = engine.load()
+        if load["engine"] != "running":  # a replica whose engine died must not look healthy
+            resp = jsonify({"status": "down", **load})
+            resp.status_code = 503
+            return resp
+        return jsonify({"status": "ok", **load})
 
     @app.get("/v1/models")
     def models():
-        names = engine.base_names() + sorted(engine.served)
+        with engine.lock:
+            names = engine.base_names() + sorted(engine.served)
         return jsonify({"object": "list", "data": [{"id": n, "object": "model", "owned_by": "tunelog"} for n in names]})
 
     @app.post("/v1/load_lora_adapter")
@@ -131,15 +137,17 @@ def create_app(engine: Engine | None = None) -> Flask:
         try:
             max_tokens = int(_number(body, "max_tokens", 256, 1, max_tokens_cap))
             temperature = _number(body, "temperature", 0.0, 0, 2)
-            top_p = _number(body, "top_p", 1.0, 0.01, 1)
+            top_p = _number(body, "top_p", 1.0, 0, 1)
         except ValueError as e:
             return _error(400, str(e), "invalid_value")
         seed = body.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             return _error(400, "seed must be an integer", "invalid_value", "seed")
         model = body.get("model")
+        user = body.get("user")
         req = Request(model=str(model), messages=[{"role": m["role"], "content": m["content"]} for m in messages],
-                      max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, time_limit=time_cap)
+                      max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, time_limit=time_cap,
+                      namespace=user[:200] if isinstance(user, str) else "")
         try:
             engine.submit(req)
         except KeyError:
@@ -151,12 +159,18 @@ def create_app(engine: Engine | None = None) -> Flask:
         wait = time_cap + 60
 
         def items():
+            """The engine's items; ("ping",) every 2 s of silence (a streamed answer sends a comment, so a client
+            gone is noticed and its request cancelled even before its first token)."""
+            deadline = time.monotonic() + wait
             while True:
                 try:
-                    item = req.out.get(timeout=wait)
+                    item = req.out.get(timeout=2.0)
                 except queue.Empty:
-                    yield ("error", "no token within the time limit")
-                    return
+                    if time.monotonic() > deadline:
+                        yield ("error", "no token within the time limit")
+                        return
+                    yield ("ping",)
+                    continue
                 yield item
                 if item[0] != "text":
                     return
@@ -167,7 +181,7 @@ def create_app(engine: Engine | None = None) -> Flask:
                 for item in items():
                     if item[0] == "text":
                         parts.append(item[1])
-                    else:
+                    elif item[0] != "ping":
                         end = item
                 if end is None or end[0] == "error":
                     return _error(500, end[1] if end else "no answer", "generation_failed")
@@ -190,11 +204,16 @@ def create_app(engine: Engine | None = None) -> Flask:
                 yield chunk({"role": "assistant", "content": ""})
                 first = True
                 for item in items():
+                    if item[0] == "ping":
+                        yield ": ping\n\n"
+                        continue
                     if item[0] == "text":
                         if first:  # the wait and the time to this token, for the caller's Server-Timing
                             first = False
+                            # (and the prompt's tokens: a caller that stops reading early still knows them)
                             yield chunk({"content": item[1]}, tunelog={"queue_ms": req.queue_ms,
-                                                                       "ttft_ms": req.ttft_ms})
+                                                                       "ttft_ms": req.ttft_ms,
+                                                                       "prompt_tokens": len(req.prompt_ids)})
                             continue
                         yield chunk({"content": item[1]})
                     elif item[0] == "end":
@@ -240,8 +259,8 @@ def _use_vllm() -> bool:
 
 
 def vllm_command(host: str, port: str) -> list[str]:
-    """vLLM's OpenAI server on the bundled base, LoRA on, adapters loaded at run time, our serving token as its key."""
-    from api.serving import serving_token
+    """vLLM's OpenAI server on the bundled base, LoRA on, adapters loaded at run time (its key, our serving token,
+    goes in VLLM_API_KEY)."""
     from eventlog.catalog import BASE_MODELS, model_path
     from eventlog.settings import ROOT
 
@@ -249,8 +268,8 @@ def vllm_command(host: str, port: str) -> list[str]:
     model_dir = Path(os.environ.get("TUNELOG_MODEL_DIR") or data_dir / "models").resolve()
     base = os.environ.get("TUNELOG_SERVING_BASE") or next(iter(BASE_MODELS))
     return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path(model_dir, base)),
-            "--served-model-name", base, "--host", host, "--port", port, "--api-key", serving_token(data_dir),
-            "--enable-lora", "--max-lora-rank", os.environ.get("TUNELOG_SERVING_MAX_LORA_RANK", "64"),
+            "--served-model-name", base, "--host", host, "--port", port, "--enable-lora",
+            "--max-lora-rank", os.environ.get("TUNELOG_SERVING_MAX_LORA_RANK", "64"),
             "--max-loras", os.environ.get("TUNELOG_SERVING_MAX_LORAS", "8")]
 
 
@@ -265,6 +284,11 @@ def main() -> None:
     if _use_vllm():
         os.environ["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # /v1/load_lora_adapter
         cmd = vllm_command(host, port)
+        from api.serving import serving_token
+        from eventlog.settings import ROOT
+
+        # the key in the environment, not on a command line every local user can read
+        os.environ["VLLM_API_KEY"] = serving_token(Path(os.environ.get("TUNELOG_DATA_DIR") or ROOT / ".data"))
         os.execvp(cmd[0], cmd)
     args = gunicorn_args("workers.serving:create_app()", host, port)
     # one process (one engine: every request joins its batch); a thread for every request it may hold
