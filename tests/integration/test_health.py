@@ -35,13 +35,16 @@ def test_every_part_with_a_fresh_heartbeat_and_an_answering_replica_is_ok(settin
     # a real serving replica (its engine loads a model only for a first chat: /health needs none)
     monkeypatch.setenv("TUNELOG_DATA_DIR", str(settings.data_dir))
     port = free_port()
-    replica = make_server("127.0.0.1", port, serving_app(Engine(settings.model_dir, settings.data_dir)), threaded=True)
+    engine = Engine(settings.model_dir, settings.data_dir)
+    engine.start()
+    replica = make_server("127.0.0.1", port, serving_app(engine), threaded=True)
     threading.Thread(target=replica.serve_forever, daemon=True).start()
     monkeypatch.setenv("TUNELOG_SERVING_URLS", f"http://127.0.0.1:{port}")
     try:
         r = client(settings).get("/healthz")
     finally:
         replica.shutdown()
+        engine.stop()
     assert r.status_code == 200 and r.json["status"] == "ok", r.json
     assert r.json["parts"]["projector"] == {"status": "ok", "lag_events": 0, "parked_events": 0}
     assert r.json["parts"]["serving"]["replicas"] == [{"replica": 1, "status": "ok", "running": 0, "waiting": 0}]
