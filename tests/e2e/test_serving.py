@@ -138,7 +138,7 @@ def test_24_chats_stream_while_health_and_job_reads_stay_fast(tier):
 
     def chat(i: int) -> tuple[int, str]:
         r = requests.post(api.base_url + "/v1/chat/completions", headers={"Authorization": f"Bearer {viewer}"},
-                          json={"model": "smollm2-135m-instruct", "stream": True, "max_tokens": 64, "temperature": 0,
+                          json={"model": "smollm2-135m-instruct", "stream": True, "max_tokens": 40, "temperature": 0,
                                 "retrieval": False, "messages": [{"role": "user", "content": PROMPTS[i % 3]}]},
                           stream=True, timeout=300)
         body = r.text
