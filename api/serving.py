@@ -222,14 +222,14 @@ def open_stream(data_dir: Path, base_model: str, artifact_path: str | None, mess
         try:
             if artifact_path:
                 pool.ensure_adapter(r, model, artifact_path, data_dir)
-            resp = pool.client.send(pool.client.build_request(
+            send = lambda r=r: pool.client.send(pool.client.build_request(  # noqa: E731
                 "POST", f"{r.url}/v1/chat/completions", json=body, timeout=silence), stream=True)
+            resp = send()
             if resp.status_code == 404 and artifact_path:  # the replica restarted and lost the adapter
                 resp.close()
                 pool.forget(r, model)
                 pool.ensure_adapter(r, model, artifact_path, data_dir)
-                resp = pool.client.send(pool.client.build_request(
-                    "POST", f"{r.url}/v1/chat/completions", json=body, timeout=silence), stream=True)
+                resp = send()
             if resp.status_code == 429:
                 resp.close()
                 busy = TooManyRequests("every serving replica is full; retry shortly", retry_after=1,

@@ -54,8 +54,15 @@ def default_training_queue() -> str:
     return "gpu" if Path("/dev/nvidia0").exists() or os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
 
 
-def load() -> Settings:
+def directories() -> tuple[Path, Path]:
+    """(data directory, model directory) from TUNELOG_DATA_DIR and TUNELOG_MODEL_DIR: all a serving replica
+    needs, without the database and Redis URLs that `load` requires."""
     data_dir = Path(os.environ.get("TUNELOG_DATA_DIR") or ROOT / ".data").resolve()
+    return data_dir, Path(os.environ.get("TUNELOG_MODEL_DIR") or data_dir / "models").resolve()
+
+
+def load() -> Settings:
+    data_dir, model_dir = directories()
     db = os.environ.get("DATABASE_URL", "")
     redis = os.environ.get("REDIS_URL", "")
     if not db or not redis:
@@ -79,7 +86,7 @@ def load() -> Settings:
         stall_seconds=_float("TUNELOG_STALL_SECONDS", 900.0),
         dspy_max_lm_calls=_int("TUNELOG_DSPY_MAX_LM_CALLS", 20_000),
         dspy_max_seconds=_float("TUNELOG_DSPY_MAX_SECONDS", 12 * 3600.0),
-        model_dir=Path(os.environ.get("TUNELOG_MODEL_DIR") or data_dir / "models").resolve(),
+        model_dir=model_dir,
     )
 
 

@@ -497,9 +497,11 @@ def _bench_concurrent_chats(stack, model, tok, data: Path, n: int = 16, new_toke
                         pieces = usage["completion_tokens"]
         out.append((first, pieces, time.perf_counter() - t0, timing))
 
-    def concurrent(url: str, bodies: list[dict], h: dict) -> tuple[float, list]:
+    def concurrent(url: str, bodies: list[dict], h: dict | list[dict]) -> tuple[float, list]:
+        """All at once (`h`: the headers of every request, or one per request); (wall seconds, results)."""
         out: list = []
-        threads = [threading.Thread(target=one, args=(url, b, h, out)) for b in bodies]
+        each = h if isinstance(h, list) else [h] * len(bodies)
+        threads = [threading.Thread(target=one, args=(url, b, x, out)) for b, x in zip(bodies, each, strict=True)]
         t0 = time.perf_counter()
         for t in threads:
             t.start()
@@ -509,19 +511,8 @@ def _bench_concurrent_chats(stack, model, tok, data: Path, n: int = 16, new_toke
 
     chat_url = stack.base_url + "/v1/chat/completions"
     concurrent(chat_url, [{**body, "max_tokens": 4}], headers)  # the replica loads the model
-    pupils = [stack.new_key("viewer", "bench")["key"] for _ in range(n)]  # 16 pupils, a key each
-
-    def one_each(url: str, b: dict, out: list, key: str) -> None:
-        one(url, b, {"Authorization": f"Bearer {key}"}, out)
-
-    out: list = []
-    threads = [threading.Thread(target=one_each, args=(chat_url, body, out, key)) for key in pupils]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    pupils = [{"Authorization": f"Bearer {stack.new_key('viewer', 'bench')['key']}"} for _ in range(n)]  # a key each
+    wall, out = concurrent(chat_url, [body] * n, pupils)
     tokens = sum(o[1] for o in out)
     assert tokens == n * new_tokens, f"{tokens} tokens, expected {n * new_tokens}"
     ttft = statistics.median(o[0] for o in out)

@@ -55,12 +55,11 @@ def _number(body: dict[str, Any], name: str, default: float, lo: float, hi: floa
 
 def create_app(engine: Engine | None = None) -> Flask:
     from api.serving import serving_token
-    from eventlog.settings import ROOT
+    from eventlog.settings import directories
 
-    # a replica needs no database or Redis: only the models and the artifact store (shared with the API's hosts)
-    data_dir = Path(os.environ.get("TUNELOG_DATA_DIR") or ROOT / ".data").resolve()
-    model_dir = Path(os.environ.get("TUNELOG_MODEL_DIR") or data_dir / "models").resolve()
     if engine is None:
+        # a replica needs no database or Redis: only the models and the artifact store (shared with the API's hosts)
+        data_dir, model_dir = directories()
         engine = Engine(model_dir, data_dir, max_batch=int(os.environ.get("TUNELOG_SERVING_MAX_BATCH", "16")),
                         max_waiting=int(os.environ.get("TUNELOG_SERVING_MAX_WAITING", "32")),
                         adapter_bytes=int(os.environ.get("TUNELOG_SERVING_ADAPTER_MB", "512")) * 1024 * 1024,
@@ -262,10 +261,9 @@ def vllm_command(host: str, port: str) -> list[str]:
     """vLLM's OpenAI server on the bundled base, LoRA on, adapters loaded at run time (its key, our serving token,
     goes in VLLM_API_KEY)."""
     from eventlog.catalog import BASE_MODELS, model_path
-    from eventlog.settings import ROOT
+    from eventlog.settings import directories
 
-    data_dir = Path(os.environ.get("TUNELOG_DATA_DIR") or ROOT / ".data").resolve()
-    model_dir = Path(os.environ.get("TUNELOG_MODEL_DIR") or data_dir / "models").resolve()
+    _, model_dir = directories()
     base = os.environ.get("TUNELOG_SERVING_BASE") or next(iter(BASE_MODELS))
     return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path(model_dir, base)),
             "--served-model-name", base, "--host", host, "--port", port, "--enable-lora",
@@ -285,10 +283,10 @@ def main() -> None:
         os.environ["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # /v1/load_lora_adapter
         cmd = vllm_command(host, port)
         from api.serving import serving_token
-        from eventlog.settings import ROOT
+        from eventlog.settings import directories
 
         # the key in the environment, not on a command line every local user can read
-        os.environ["VLLM_API_KEY"] = serving_token(Path(os.environ.get("TUNELOG_DATA_DIR") or ROOT / ".data"))
+        os.environ["VLLM_API_KEY"] = serving_token(directories()[0])
         os.execvp(cmd[0], cmd)
     args = gunicorn_args("workers.serving:create_app()", host, port)
     # one process (one engine: every request joins its batch); a thread for every request it may hold
