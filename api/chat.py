@@ -375,8 +375,8 @@ def chat_completions():
                 temperature=req["temperature"], top_p=req["top_p"], seed=req["seed"], result=gen,
                 roster=project_settings.pii_roster, time_limit=lim.generation_seconds)
             redactions = {"provider": provider.name, **redacted.to_dict()}
-        else:  # the serving tier generates (api/serving.py): never this request's thread
-            from api.serving import open_stream as serve
+        else:  # the serving tier generates (eventlog/serving.py): never this request's thread
+            from eventlog.serving import open_stream as serve
 
             pieces, serving = serve(s.data_dir, runner.base_model, runner.artifact_path, prompt,
                                     max_tokens=req["max_tokens"], temperature=req["temperature"],

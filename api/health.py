@@ -99,7 +99,7 @@ def _serving() -> dict[str, Any]:
     """Each serving replica's /health (running and waiting requests): "ok" while at least one answers."""
     import httpx
 
-    from api.serving import replica_urls
+    from eventlog.serving import replica_urls
 
     replicas = []  # by number, not URL: /healthz answers anyone, and replicas' addresses are the operator's business
     for number, url in enumerate(replica_urls(), 1):

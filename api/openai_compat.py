@@ -106,8 +106,8 @@ def upload_file():
     upload = request.files.get("file")
     if upload is None:
         raise ValidationError("missing multipart field 'file'", param="file")
-    if purpose != "fine-tune":
-        raise ValidationError(f"purpose must be 'fine-tune', got {purpose!r}", param="purpose")
+    if purpose not in ("fine-tune", "evals"):
+        raise ValidationError(f"purpose must be 'fine-tune' or 'evals', got {purpose!r}", param="purpose")
     content = upload.read()
     if len(content) > s.max_upload_bytes:
         raise PayloadTooLarge(f"the file is {len(content)} bytes, over the upload limit of {s.max_upload_bytes}",
@@ -121,10 +121,16 @@ def upload_file():
     # The minimum example count applies to training files only (a validation file may be small), so
     # it is checked when a job names the file; here a file needs at least one example. Chat or preference
     # (DPO) format, told by the first example: the file's stats say which, and a job checks it against its method.
-    report = check_jsonl(content, min_examples=1, max_tokens=max_ctx, count_tokens=counter(s.model_dir))
+    if purpose == "evals":  # OpenAI's eval data: {"item": {...}} a line; checked against an eval's schema by a run
+        from domain.datasets import eval_lines
+        from domain.evals_limits import MAX_RUN_ITEMS
+
+        stats = {"n_items": len(eval_lines(content, max_items=MAX_RUN_ITEMS)), "format": "evals"}
+    else:
+        stats = check_jsonl(content, min_examples=1, max_tokens=max_ctx, count_tokens=counter(s.model_dir)).stats()
     file_id = "file-" + uuid.uuid4().hex[:24]
     ev = FileUploaded(id=file_id, project=g.principal.project, filename=filename, purpose=purpose,
-                      bytes=len(content), sha256=sha, created_at=now(), stats=report.stats())
+                      bytes=len(content), sha256=sha, created_at=now(), stats=stats)
     with svc().pool.connection() as c:
         c.execute("INSERT INTO blobs (sha256, content) VALUES (%s, %s) ON CONFLICT DO NOTHING", (sha, content))
     body = file_object(ev.to_data())

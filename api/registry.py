@@ -11,7 +11,7 @@ from api.auth import require
 from api.common import Idempotent, append_and_respond, json_body, metadata, now, svc
 from domain.errors import ConcurrencyConflict, Conflict, NotFound, PreconditionFailed, ValidationError
 from domain.events import AliasPromoted, ProjectSettingsChanged, alias_stream, project_stream
-from domain.projects import DEFAULT_ALIAS, ProjectSettings, check_promotion, fold_settings
+from domain.projects import DEFAULT_ALIAS, ProjectSettings, check_eval_gate, check_promotion, fold_settings
 from eventlog.catalog import BASE_MODELS
 from eventlog.store import NewEvent
 
@@ -167,9 +167,18 @@ def promote(alias: str):
             check_promotion(settings, alias, new.id, new.score, cur.id, cur.score)
         else:
             check_promotion(settings, alias, new.id, new.score, "(none)", None)
+        gate = ""
+        if settings.promotion_eval is not None:  # eval-gated: the latest completed runs decide (docs/evals.md)
+            from eventlog.evals import gate_numbers
+
+            numbers = gate_numbers(svc(), p.project, settings.promotion_eval, new.id, alias)
+            gate = check_eval_gate(settings.promotion_eval, alias, new.id, numbers["candidate"],
+                                   numbers["current_model"], numbers["current"])
         ev = AliasPromoted(project=p.project, alias=alias, model=new.id, previous=current, reason=reason.strip(),
                            at=now())
         body_out = {"object": "alias", "alias": alias, "model": new.id, "previous": current, "reason": ev.reason}
+        if gate:
+            body_out["eval_gate"] = gate
         try:
             return append_and_respond(idem, 200, body_out, lambda cmd, v=version, ev=ev: svc().store.append(
                 stream, v, [NewEvent(ev.type, ev.to_data(), metadata(stream))], command=cmd))
@@ -202,6 +211,29 @@ def get_settings():
     return _settings_response(g.principal.project, current, version)
 
 
+def _check_gate_eval(project: str, gate: dict[str, Any]) -> None:
+    """The gate's eval exists in this project and has the criterion; a data_source for auto_evaluate is a run's."""
+    with svc().pool.connection() as c:
+        row = c.execute("SELECT * FROM evals WHERE id = %s AND project = %s AND deleted_at IS NULL",
+                        (gate["eval_id"], project)).fetchone()
+    if row is None:
+        raise ValidationError(f"promotion_eval.eval_id: no such eval: {gate['eval_id']}",
+                              param="promotion_eval.eval_id")
+    names = [c["name"] for c in row["testing_criteria"]]
+    if gate["criterion"] not in names:
+        raise ValidationError(f"promotion_eval.criterion: the eval {gate['eval_id']} has no criterion "
+                              f"{gate['criterion']!r} (it has {', '.join(map(repr, names))})",
+                              param="promotion_eval.criterion")
+    if gate.get("data_source") is not None:
+        from api.evals import plan_run
+
+        ds = gate["data_source"]
+        if ds.get("type") != "completions" or "model" in ds:
+            raise ValidationError("promotion_eval.data_source must be a completions data source without a model "
+                                  "(auto_evaluate fills in the new model)", param="promotion_eval.data_source")
+        plan_run(project, row, {**ds, "model": DEFAULT_BASE})
+
+
 @bp.put("/settings")
 @bp.patch("/settings")
 def put_settings():
@@ -211,6 +243,9 @@ def put_settings():
     p = require("admin")
     patch = json_body()
     ProjectSettings().updated(patch)  # validate before anything else
+    if isinstance(patch.get("promotion_eval"), dict):
+        _check_gate_eval(p.project, ProjectSettings().updated({"promotion_eval": patch["promotion_eval"]})
+                         .promotion_eval)
     if_match = request.headers.get("If-Match")
     expected: int | None = None
     if if_match is not None and if_match.strip() != "*":

@@ -429,3 +429,66 @@ def dspy_examples(content: bytes) -> list[dict[str, Any]]:
         raise ValidationError("Invalid training file for the dspy method: " + "; ".join(problems),
                               param="training_file", code="invalid_file_format")
     return examples
+
+
+# ---- eval files (purpose "evals"): OpenAI's JSONL of {"item": {...}, "sample"?: {...}} ---------------------
+EVAL_LINE_KEYS = {"item", "sample"}
+MAX_EVAL_PROBLEMS = 50  # problems named in one error message (each with its line)
+
+
+def eval_lines(content: bytes, *, max_items: int,
+               check_item: Callable[[dict[str, Any]], list[str]] | None = None,
+               need_sample: bool = False, what: str = "eval file") -> list[dict[str, Any]]:
+    """Every line's {"item", "sample"?} of an eval data file, or a 400 naming every problem with its line (up to
+    MAX_EVAL_PROBLEMS of them, then how many more). `check_item` adds an item's schema errors; `need_sample`
+    (a jsonl run, graded on the samples it gives): each line needs a sample with an `output_text` string."""
+    text = _decode(content)
+    problems: list[str] = []
+    rows: list[dict[str, Any]] = []
+    n = 0
+
+    def problem(lineno: int, detail: str) -> None:
+        problems.append(f"line {lineno}: {detail if len(detail) <= MAX_DETAIL else detail[:MAX_DETAIL] + '...'}")
+
+    for lineno, raw in _lines(text):
+        if not raw.strip():
+            continue
+        n += 1
+        if n > max_items:
+            problem(lineno, f"more than {max_items} items (the limit of one run)")
+            break
+        value, category, detail = _parse(raw)
+        if category:
+            problem(lineno, CATEGORIES[category] + (f" ({detail})" if detail else ""))
+            continue
+        if not isinstance(value, dict) or not isinstance(value.get("item"), dict):
+            problem(lineno, 'each line must be a JSON object with an "item" object: {"item": {...}}')
+            continue
+        unknown = set(value) - EVAL_LINE_KEYS
+        if unknown:
+            problem(lineno, f"unknown key(s) {', '.join(sorted(map(str, unknown)))} (a line holds \"item\" and "
+                            "optionally \"sample\")")
+            continue
+        sample = value.get("sample")
+        if sample is not None and not isinstance(sample, dict):
+            problem(lineno, '"sample" must be an object, e.g. {"output_text": "..."}')
+            continue
+        if need_sample and not (isinstance(sample, dict) and isinstance(sample.get("output_text"), str)):
+            problem(lineno, 'a jsonl run grades the samples it is given: each line needs "sample": '
+                            '{"output_text": "..."}')
+            continue
+        if check_item is not None:
+            errors = check_item(value["item"])
+            if errors:
+                for e in errors:
+                    problem(lineno, f"does not match the eval's item_schema: {e}")
+                continue
+        rows.append({"item": value["item"], **({"sample": sample} if sample is not None else {})})
+    if not rows and not problems:
+        problems.append(f"the {what} has no items")
+    if problems:
+        shown = problems[:MAX_EVAL_PROBLEMS]
+        more = f"; and {len(problems) - len(shown)} more problem(s)" if len(problems) > len(shown) else ""
+        raise ValidationError(f"Invalid {what}: " + "; ".join(shown) + more, param="file",
+                              code="invalid_file_format")
+    return rows

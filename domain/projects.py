@@ -18,6 +18,11 @@ class ProjectSettings:
     monthly_budget_usd: float | None = None  # delegated jobs' estimated cost per calendar month (UTC)
     # names redacted (with emails and phone numbers) from what leaves for a provider; shown to the project's keys
     pii_roster: tuple[str, ...] = field(default_factory=tuple)
+    # eval-gated promotion (docs/evals.md): {eval_id, criterion, must_beat_current, min_pass_rate, alias,
+    # data_source?}; auto_evaluate runs that eval when a fine-tune succeeds, auto_promote moves the alias on a win
+    promotion_eval: dict[str, Any] | None = None
+    auto_evaluate: bool = False
+    auto_promote: bool = False
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> ProjectSettings:
@@ -42,11 +47,17 @@ class ProjectSettings:
                 clean[k] = None if v is None else float(v)
             elif k == "pii_roster":
                 clean[k] = _roster(v)
+            elif k == "promotion_eval":
+                clean[k] = None if v is None else promotion_eval(v)
             elif not isinstance(v, bool):
                 raise ValidationError(f"{k} must be true or false", param=k)
             else:
                 clean[k] = v
-        return ProjectSettings(**{**asdict(self), **clean})
+        new = ProjectSettings(**{**asdict(self), **clean})
+        if (new.auto_evaluate or new.auto_promote) and new.promotion_eval is None:
+            raise ValidationError("auto_evaluate and auto_promote need promotion_eval (which eval, which "
+                                  "criterion)", param="auto_evaluate" if new.auto_evaluate else "auto_promote")
+        return new
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -70,6 +81,75 @@ def _roster(value: Any) -> tuple[str, ...]:
         raise ValidationError(f"pii_roster holds over {MAX_ROSTER_CHARS} characters of names in all",
                               param="pii_roster")
     return tuple(dict.fromkeys(names))
+
+
+PROMOTION_EVAL_KEYS = {"eval_id", "criterion", "must_beat_current", "min_pass_rate", "alias", "data_source"}
+
+
+def promotion_eval(v: Any) -> dict[str, Any]:
+    """The shape of the promotion_eval setting (that the eval and criterion exist is checked by the API)."""
+    if not isinstance(v, dict):
+        raise ValidationError("promotion_eval must be an object {eval_id, criterion, must_beat_current, "
+                              "min_pass_rate} or null", param="promotion_eval")
+    unknown = set(v) - PROMOTION_EVAL_KEYS
+    if unknown:
+        raise ValidationError(f"promotion_eval: unknown key(s) {', '.join(sorted(unknown))}",
+                              param="promotion_eval." + sorted(unknown)[0])
+    for k in ("eval_id", "criterion"):
+        if not isinstance(v.get(k), str) or not v[k].strip() or len(v[k]) > 256:
+            raise ValidationError(f"promotion_eval.{k} is required (a string)", param=f"promotion_eval.{k}")
+    rate = v.get("min_pass_rate", 0.0)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+        raise ValidationError("promotion_eval.min_pass_rate must be a number from 0 to 1",
+                              param="promotion_eval.min_pass_rate")
+    beat = v.get("must_beat_current", True)
+    if not isinstance(beat, bool):
+        raise ValidationError("promotion_eval.must_beat_current must be true or false",
+                              param="promotion_eval.must_beat_current")
+    alias = v.get("alias", DEFAULT_ALIAS)
+    if not isinstance(alias, str) or not 1 <= len(alias) <= 64:
+        raise ValidationError("promotion_eval.alias must be an alias name", param="promotion_eval.alias")
+    ds = v.get("data_source")
+    if ds is not None and not isinstance(ds, dict):
+        raise ValidationError("promotion_eval.data_source must be a run's data source (without model)",
+                              param="promotion_eval.data_source")
+    out = {"eval_id": v["eval_id"], "criterion": v["criterion"], "must_beat_current": beat,
+           "min_pass_rate": float(rate), "alias": alias}
+    if ds is not None:
+        out["data_source"] = ds
+    return out
+
+
+def check_eval_gate(gate: dict[str, Any], alias: str, model: str, candidate: dict[str, Any] | None,
+                    current_model: str | None, current: dict[str, Any] | None) -> str:
+    """Refuse (409 promotion_refused, with the numbers) a promotion the eval gate forbids; else the reason it
+    passes. `candidate` / `current`: the latest completed run of each model on the gate's eval, as
+    {"id", "passed", "total"} of the gate's criterion (None: no such run)."""
+    if gate.get("alias", DEFAULT_ALIAS) != alias:
+        return ""
+    name, crit = gate["eval_id"], gate["criterion"]
+    if candidate is None:
+        raise Conflict(f"promotion refused: {model} has no completed run of eval {name}; run it (POST "
+                       f"/v1/evals/{name}/runs) before promoting to {alias!r}", param="model",
+                       code="promotion_refused")
+    rate = candidate["passed"] / candidate["total"] if candidate["total"] else 0.0
+    if rate < gate["min_pass_rate"]:
+        raise Conflict(f"promotion refused: {model} passed {candidate['passed']} of {candidate['total']} items on "
+                       f"{crit!r} (pass rate {rate:.2f}) in run {candidate['id']}, under the minimum of "
+                       f"{gate['min_pass_rate']:.2f}", param="model", code="promotion_refused")
+    why = f"{model} passed {candidate['passed']}/{candidate['total']} on {crit!r} (run {candidate['id']})"
+    if gate.get("must_beat_current", True) and current_model is not None and current_model != model:
+        if current is None:
+            raise Conflict(f"promotion refused: the current target of {alias!r}, {current_model}, has no completed "
+                           f"run of eval {name} to compare with; run it first", param="model",
+                           code="promotion_refused")
+        if not candidate["passed"] > current["passed"]:
+            raise Conflict(f"promotion refused: {model} passed {candidate['passed']} of {candidate['total']} items "
+                           f"on {crit!r} (run {candidate['id']}), not more than {current_model}'s "
+                           f"{current['passed']} of {current['total']} (run {current['id']}), the current target "
+                           f"of {alias!r}", param="model", code="promotion_refused")
+        why += f", more than {current_model}'s {current['passed']}/{current['total']} (run {current['id']})"
+    return why
 
 
 def fold_settings(events) -> ProjectSettings:

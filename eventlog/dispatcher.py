@@ -34,6 +34,7 @@ from eventlog.store import CHANNEL, NewEvent
 log = logging.getLogger("tunelog.dispatcher")
 TRAINING_TIMEOUT = 24 * 3600  # explicit: RQ's default of 180 s would kill any real training run
 INDEXING_TIMEOUT = 3600
+EVAL_TIMEOUT = 12 * 3600  # an eval run of 2,000 items with a judge: hours on a CPU, never RQ's 180 s
 EXPORT_TIMEOUT = 3600  # merging and writing a GGUF: minutes for small models, RQ's 180 s is not enough
 ADVISORY_KEY = 0x7475_6E65  # "tune"
 PENDING = frozenset({"queued", "started", "deferred", "scheduled"})  # RQ statuses of a job that will still run
@@ -86,6 +87,10 @@ class Dispatcher:
         return self._enqueue(rq_job_id(job_id, attempt), "workers.jobs.run_training", (job_id, attempt), queue,
                              TRAINING_TIMEOUT, f"train {job_id} attempt {attempt}")
 
+    def enqueue_eval(self, run_id: str, attempt: int) -> bool:
+        return self._enqueue(rq_job_id(run_id, attempt), "workers.evals.run_eval", (run_id, attempt), "cpu",
+                             EVAL_TIMEOUT, f"eval run {run_id} attempt {attempt}")
+
     def enqueue_indexing(self, document_id: str) -> bool:
         return self._enqueue(f"{document_id}-index", "workers.embed.index_document", (document_id,), "cpu",
                              INDEXING_TIMEOUT, f"index {document_id}")
@@ -132,6 +137,14 @@ class Dispatcher:
                 self.enqueue_export(e.data["model"], e.data["id"])
             elif e.type == "ModelDeleted":
                 self.enqueue_removal(e.data["id"])
+            elif e.type == "EvalRunCreated":
+                self.enqueue_eval(e.data["id"], 1)
+            elif e.type == "EvalRunAttemptLost" and e.data.get("requeued"):
+                self.enqueue_eval(e.stream_id.removeprefix("evalrun-"), e.data["attempt"] + 1)
+            elif e.type == "EvalRunCancelRequested":  # a dead worker cannot honour it
+                self._safely(self.declare_eval_lost, e.stream_id.removeprefix("evalrun-"))
+            elif e.type == "ModelRegistered":  # auto_evaluate (eventlog/evals.py): the gate's eval, on this model
+                self._safely(self.auto_evaluate, e.data)
             elif e.type in ("PauseRequested", "CancelRequested"):  # a dead worker cannot honour either
                 state = self._state(e.stream_id[4:])
                 if state.remote is not None and not state.terminal:  # pass the cancel on to the provider now
@@ -163,6 +176,11 @@ class Dispatcher:
             exports = c.execute("SELECT m.id AS model, x->>'id' AS export FROM models m, "
                                 "jsonb_array_elements(m.exports) x WHERE x->>'status' = 'queued'").fetchall()
             deleted = c.execute("SELECT id FROM models WHERE deleted_at IS NOT NULL").fetchall()
+            eval_queued = c.execute("SELECT id, attempt FROM eval_runs WHERE status = 'queued'").fetchall()
+            eval_expired = c.execute(
+                "SELECT r.id FROM eval_runs r LEFT JOIN leases l ON l.job_id = r.id WHERE r.status = 'in_progress' "
+                "AND (l.job_id IS NULL OR l.expires_at < now() OR l.worker LIKE %s)",
+                (socket.gethostname() + ":%",)).fetchall()
             followed = c.execute("SELECT id FROM jobs WHERE remote IS NOT NULL AND status NOT IN "
                                  "('succeeded', 'failed', 'cancelled')").fetchall() \
                 if time.monotonic() - self._last_follow_check >= self.follow_check_seconds else None
@@ -173,6 +191,8 @@ class Dispatcher:
                 failures += not self._safely(self.ensure_polled, row["id"])
         for row in queued:
             failures += not self._safely(self.enqueue, row["id"], row["attempt"], row["queue"])
+        for row in eval_queued:
+            failures += not self._safely(self.reconcile_eval, row["id"], row["attempt"])
         for row in documents:
             failures += not self._safely(self.reconcile_document, row["id"])
         for row in exports:
@@ -185,6 +205,8 @@ class Dispatcher:
         if time.monotonic() - self.connected_since >= self.svc.settings.lease_seconds:
             for row in expired:
                 failures += not self._safely(self.declare_lost, row["id"])
+            for row in eval_expired:
+                failures += not self._safely(self.declare_eval_lost, row["id"])
         if failures:
             log.warning("reconcile: %s item(s) failed; retried next round", failures)
 
@@ -304,6 +326,64 @@ class Dispatcher:
         with self.svc.pool.connection() as c:
             c.execute("DELETE FROM leases WHERE job_id = %s AND attempt = %s", (job_id, state.attempt))
         log.warning("job %s attempt %s lost (%s)", job_id, state.attempt, reason)
+
+    # ---- evaluation runs (workers/evals.py): the same lease and attempt discipline as training jobs ----------
+    def _eval_state(self, run_id: str):
+        from domain.eval_runs import fold as fold_run
+        from domain.events import eval_run_stream
+
+        return fold_run([(e.type, e.data, e.stream_version)
+                         for e in self.svc.store.read_stream(eval_run_stream(run_id))])
+
+    def reconcile_eval(self, run_id: str, attempt: int) -> None:
+        """A queued run has an RQ job (Redis may have lost it); a canceled-while-queued one is settled."""
+        self.enqueue_eval(run_id, attempt)
+
+    def declare_eval_lost(self, run_id: str) -> None:
+        """An in-progress run whose worker is gone (lease expired, or its process on this host is dead): canceled
+        if that was asked, else the attempt is lost and the next one enqueued (it resumes after the graded items),
+        failed after max_attempts."""
+        from domain.events import EvalRunAttemptLost, EvalRunCanceled, EvalRunFailed, eval_run_stream
+
+        with self.svc.pool.connection() as c:
+            lease = c.execute("SELECT attempt, worker, expires_at > now() AS alive FROM leases WHERE job_id = %s",
+                              (run_id,)).fetchone()
+        if lease and lease["alive"] and not _dead_local(lease["worker"]):
+            return  # (before reading the run's stream: this is asked every round of every running run)
+        state = self._eval_state(run_id)
+        if state.status != "in_progress":
+            return
+        if lease is None and time.monotonic() - self.connected_since < self.svc.settings.lease_seconds:
+            return  # just (re)connected: a worker that started the run may not have written its lease yet
+        now = int(time.time())
+        meta = {"actor": "dispatcher", "correlation_id": run_id}
+        reason = "heartbeat lease expired" if lease else "no heartbeat lease"
+        if state.cancel_requested:
+            new = [NewEvent("EvalRunCanceled", EvalRunCanceled(reason="canceled (its worker was gone)",
+                                                               at=now).to_data(), meta)]
+        elif state.attempt >= self.svc.settings.max_attempts:
+            new = [NewEvent("EvalRunAttemptLost", EvalRunAttemptLost(attempt=state.attempt, reason=reason,
+                                                                     requeued=False, at=now).to_data(), meta),
+                   NewEvent("EvalRunFailed", EvalRunFailed(error={
+                       "code": "attempts_exhausted", "message": f"the run's worker was lost {state.attempt} times "
+                       f"(last: {reason}); {len(state.graded)} item(s) were graded"}, at=now).to_data(), meta)]
+        else:
+            new = [NewEvent("EvalRunAttemptLost", EvalRunAttemptLost(attempt=state.attempt, reason=reason,
+                                                                     requeued=True, at=now).to_data(), meta)]
+        try:
+            self.svc.store.append(eval_run_stream(run_id), state.version, new)
+        except ConcurrencyConflict:
+            return  # the worker is alive after all (it appended); look again next round
+        with self.svc.pool.connection() as c:
+            c.execute("DELETE FROM leases WHERE job_id = %s AND attempt = %s", (run_id, state.attempt))
+        log.warning("eval run %s attempt %s lost (%s)", run_id, state.attempt, reason)
+
+    def auto_evaluate(self, registered: dict) -> None:
+        from eventlog.evals import auto_evaluate
+
+        created = auto_evaluate(self.svc, registered, log)
+        if created:
+            log.info("auto_evaluate of %s: run(s) %s", registered["id"], ", ".join(created))
 
     def run(self, stop: threading.Event) -> None:
         from eventlog.heartbeat import Heartbeat

@@ -471,7 +471,7 @@ def _bench_concurrent_chats(stack, model, tok, data: Path, n: int = 16, new_toke
     import requests
     import torch
 
-    from api.serving import serving_token
+    from eventlog.serving import serving_token
     from tests.helpers import random_adapters as _adapters
 
     question = "List the numbers from 1 to 1000 separated by commas."  # goes on well past 64 tokens

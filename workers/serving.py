@@ -9,7 +9,7 @@ exactly as it talks to a vLLM server or a provider:
     GET  /v1/models, GET /health     (health: running and waiting requests, for least-loaded routing)
 
 Every route but /health needs `Authorization: Bearer <serving token>` (TUNELOG_SERVING_TOKEN, or derived from the
-instance key in the data directory: api/serving.serving_token). Requests are batched continuously
+instance key in the data directory: eventlog/serving.serving_token). Requests are batched continuously
 (workers/batching.py); a full waiting line answers 429 with Retry-After. The final chunk (and a non-streamed
 answer) carries `usage` and `tunelog: {queue_ms, ttft_ms}`.
 """
@@ -54,7 +54,7 @@ def _number(body: dict[str, Any], name: str, default: float, lo: float, hi: floa
 
 
 def create_app(engine: Engine | None = None) -> Flask:
-    from api.serving import serving_token
+    from eventlog.serving import serving_token
     from eventlog.settings import directories
 
     if engine is None:
@@ -282,7 +282,7 @@ def main() -> None:
     if _use_vllm():
         os.environ["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # /v1/load_lora_adapter
         cmd = vllm_command(host, port)
-        from api.serving import serving_token
+        from eventlog.serving import serving_token
         from eventlog.settings import directories
 
         # the key in the environment, not on a command line every local user can read

@@ -6,6 +6,7 @@ from eventlog.projections.aliases import AliasesProjection, SettingsProjection
 from eventlog.projections.chat import ChatProjection
 from eventlog.projections.checkpoints import CheckpointsProjection
 from eventlog.projections.documents import DocumentsProjection
+from eventlog.projections.evals import EvalsProjection
 from eventlog.projections.files import FilesProjection
 from eventlog.projections.jobs import JobsProjection
 from eventlog.projections.keys import KeysProjection
@@ -17,4 +18,4 @@ from eventlog.projections.webhooks import WebhooksProjection
 def all_projections() -> list:
     return [FilesProjection(), JobsProjection(), CheckpointsProjection(), KeysProjection(), ModelsProjection(),
             DocumentsProjection(), AliasesProjection(), SettingsProjection(), ChatProjection(),
-            StreamProjectsProjection(), WebhooksProjection()]
+            StreamProjectsProjection(), WebhooksProjection(), EvalsProjection()]
