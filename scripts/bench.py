@@ -8,11 +8,13 @@ import multiprocessing as mp
 import os
 import re
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+import warnings
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -25,6 +27,7 @@ from eventlog.store import EventStore, NewEvent  # noqa: E402
 from tests.helpers import create_database  # noqa: E402
 
 RESULTS: list[dict] = []
+warnings.filterwarnings("ignore", message="The Evals API is deprecated")  # tunelog keeps its shapes
 
 
 def report(name: str, ours: float, base: float, unit: str, baseline: str, target: str, higher_is_better=True):
@@ -1122,15 +1125,91 @@ def bench_audit(server: str, total: int) -> None:
            higher_is_better=False)
 
 
+# ---- evaluations: items graded per second ------------------------------------------------------------------
+def bench_evals(server: str, redis_url: str, tmp: Path, n_items: int, new_tokens: int = 32) -> None:
+    """A completions eval run of `n_items` on the bundled model through the whole stack (API, dispatcher, a cpu
+    worker, the serving replica; one EvalItemGraded event per item, string_check and fuzzy_match graders) vs the
+    same generations (same prompts, same token counts) made with plain `generate` in a loop in this process.
+    Twice: with the worker's default concurrency (8 items in flight, batched by the replica) and with 1 (the
+    machinery's own cost, item by item like the baseline)."""
+    import torch
+    from openai import OpenAI
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eventlog.catalog import ensure_base_model
+
+    data = tmp / "evals"
+    stack, url = start_stack(server, redis_url, data, "bench_evals")
+    questions = [f"In one sentence, why is {w} important for a student?" for w in (
+        "reading", "sleep", "practice", "curiosity", "maths", "history", "music", "sport", "friendship", "patience")]
+    content = [{"item": {"question": f"{questions[i % len(questions)]} (question {i + 1})", "answer": "important"}}
+               for i in range(n_items)]
+    try:
+        stack.wait_healthy()
+        c = OpenAI(base_url=stack.base_url + "/v1", api_key=stack.admin_key, max_retries=2)
+        ev = c.evals.create(name="bench", data_source_config={"type": "custom", "item_schema": {
+            "type": "object", "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+            "required": ["question", "answer"]}}, testing_criteria=[
+            {"type": "string_check", "name": "mentions", "input": "{{sample.output_text}}",
+             "reference": "{{item.answer}}", "operation": "ilike"},
+            {"type": "text_similarity", "name": "fuzzy", "input": "{{sample.output_text}}",
+             "reference": "{{item.answer}}", "evaluation_metric": "fuzzy_match", "pass_threshold": 0.5}])
+        ds = {"type": "completions", "model": "smollm2-135m-instruct",
+              "source": {"type": "file_content", "content": content},
+              "sampling_params": {"temperature": 0, "max_completion_tokens": new_tokens},
+              "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.question}}"}]}}
+        warm = c.evals.runs.create(ev.id, data_source={**ds, "source": {"type": "file_content",
+                                                                       "content": content[:2]}})
+
+        def timed_run() -> tuple[float, list]:
+            t0 = time.perf_counter()
+            run = c.evals.runs.create(ev.id, data_source=ds)
+            while run.status not in ("completed", "failed", "canceled"):
+                time.sleep(0.2)
+                run = c.evals.runs.retrieve(run.id, eval_id=ev.id)
+            took = time.perf_counter() - t0
+            assert run.status == "completed" and run.result_counts.total == n_items, run
+            return took, list(c.evals.runs.output_items.list(run.id, eval_id=ev.id, limit=1000))
+
+        while c.evals.runs.retrieve(warm.id, eval_id=ev.id).status not in ("completed", "failed"):
+            time.sleep(0.2)
+        ours, out = timed_run()
+        tokens = {o.datasource_item_id: o.sample.usage.completion_tokens for o in out}
+        for name in [k for k in stack.procs if k.startswith("worker-cpu")]:
+            stack.kill(name, signal.SIGTERM)
+        stack.start("worker-cpu", "worker-cpu-one", env={"TUNELOG_EVAL_CONCURRENCY": "1"})
+        time.sleep(3)
+        ours_one, _ = timed_run()
+    finally:
+        stack.stop_all()
+    path = ensure_base_model(ROOT / ".data" / "models", "smollm2-135m-instruct")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    t0 = time.perf_counter()
+    for i, line in enumerate(content):
+        inputs = tok(tok.apply_chat_template([{"role": "user", "content": line["item"]["question"]}], tokenize=False,
+                                             add_generation_prompt=True), return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            model.generate(**inputs, max_new_tokens=max(1, tokens[i]), min_new_tokens=max(1, tokens[i]),
+                           do_sample=False, pad_token_id=tok.eos_token_id)
+    bare = time.perf_counter() - t0
+    report(f"eval run, {n_items} items (items/s)", n_items / ours, n_items / bare, "items/s",
+           "plain generate in a loop", ">= 0.9x (machinery <= 10%)")
+    report("eval run, one item at a time (items/s)", n_items / ours_one, n_items / bare, "items/s",
+           "plain generate in a loop", ">= 0.9x (machinery <= 10%)")
+    print(f"  {sum(tokens.values())} tokens generated in all; ours {ours:.1f} s (8 in flight), {ours_one:.1f} s "
+          f"(1 in flight), plain generate {bare:.1f} s", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     ap.add_argument("--only", nargs="*", default=None,
-                    help="appends batched replay latency retrieval ingest chat api train delegate dspy audit")
+                    help="appends batched replay latency retrieval ingest chat api train delegate dspy audit evals")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
     only = set(args.only or ["appends", "batched", "replay", "latency", "retrieval", "ingest", "chat", "api",
-                                    "train", "delegate", "dspy", "audit"])
+                                    "train", "delegate", "dspy", "audit", "evals"])
     tmp = Path(tempfile.mkdtemp(prefix="tunelog-bench-"))
     pg = EmbeddedPostgres(tmp / "pg", dbname="postgres")
     rs = EmbeddedRedis(tmp / "redis")
@@ -1162,6 +1241,8 @@ def main() -> None:
             bench_dspy(server, redis_url, tmp, 1 if args.quick else 2)
         if "audit" in only:
             bench_audit(server, 100_000 if args.quick else 1_000_000)
+        if "evals" in only:
+            bench_evals(server, redis_url, tmp, 10 if args.quick else 100)
     finally:
         rs.stop()
         pg.stop()

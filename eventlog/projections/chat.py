@@ -18,7 +18,7 @@ class ChatProjection:
     """Which model answered what (and the feedback on it)."""
 
     name = "chat"
-    types = frozenset({"ChatAnswered", "FeedbackGiven", "FeedbackApproved"})
+    types = frozenset({"ChatAnswered", "FeedbackGiven", "FeedbackApproved", "FeedbackRejected"})
     tables = ("chat_answers", "chat_feedback")
 
     def apply(self, conn: psycopg.Connection, events: Sequence[RecordedEvent]) -> None:
@@ -37,18 +37,25 @@ class ChatProjection:
                                 _json(d["messages"]) if d.get("messages") is not None else None, d.get("answer"),
                                 int(d["created_at"]), e.global_position))
                 continue
-            if e.type in ("FeedbackGiven", "FeedbackApproved"):
+            if e.type in ("FeedbackGiven", "FeedbackApproved", "FeedbackRejected"):
                 flush()  # feedback refers to an answer: in log order
             if e.type == "FeedbackGiven":
+                # a teacher's own correction is approved as it is given: its author reviewed it
+                reviewed = (d["actor"], d["at"]) if d["approved"] else (None, None)
                 conn.execute(
                     "INSERT INTO chat_feedback (id, chat_id, project, rating, comment, corrected_answer, messages, "
-                    "approved, actor, created_at, seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (id) DO NOTHING",
+                    "approved, actor, created_at, seq, reviewed_by, reviewed_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
                     (d["id"], d["chat_id"], d["project"], d["rating"], d.get("comment"), d.get("corrected_answer"),
                      Jsonb(d["messages"]) if d.get("messages") is not None else None, d["approved"], d["actor"],
-                     d["at"], e.global_position))
-            elif e.type == "FeedbackApproved":
-                conn.execute("UPDATE chat_feedback SET approved = true WHERE id = %s", (d["id"],))
+                     d["at"], e.global_position, *reviewed))
+            elif e.type == "FeedbackApproved":  # the latest decision wins: an approval undoes a rejection
+                conn.execute("UPDATE chat_feedback SET approved = true, rejected = false, reviewed_by = %s, "
+                             "reviewed_at = %s, review_reason = NULL WHERE id = %s", (d["actor"], d["at"], d["id"]))
+            elif e.type == "FeedbackRejected":
+                conn.execute("UPDATE chat_feedback SET rejected = true, approved = false, reviewed_by = %s, "
+                             "reviewed_at = %s, review_reason = %s WHERE id = %s",
+                             (d["actor"], d["at"], d.get("reason"), d["id"]))
         flush()
 
 

@@ -25,20 +25,19 @@ class EvalsProjection:
     def apply(self, conn: psycopg.Connection, events: Sequence[RecordedEvent]) -> None:
         for e in events:
             d = e.data
-            t = e.type
-            if t == "EvalCreated":
+            if e.type == "EvalCreated":
                 conn.execute(
                     "INSERT INTO evals (id, project, name, data_source_config, testing_criteria, metadata, created_at, "
                     "seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
                     (d["id"], d["project"], d["name"], Jsonb(d["data_source_config"]), Jsonb(d["testing_criteria"]),
                      Jsonb(d["metadata"]) if d.get("metadata") is not None else None, d["created_at"],
                      e.global_position))
-            elif t == "EvalUpdated":
+            elif e.type == "EvalUpdated":
                 conn.execute("UPDATE evals SET name = %s, metadata = %s WHERE id = %s",
                              (d["name"], Jsonb(d["metadata"]) if d.get("metadata") is not None else None, d["id"]))
-            elif t == "EvalDeleted":
+            elif e.type == "EvalDeleted":
                 conn.execute("UPDATE evals SET deleted_at = coalesce(deleted_at, %s) WHERE id = %s", (d["at"], d["id"]))
-            elif t == "EvalRunCreated":
+            elif e.type == "EvalRunCreated":
                 conn.execute(
                     "INSERT INTO eval_runs (id, eval_id, project, name, model, requested_model, data_source, "
                     "metadata, status, total, created_at, seq) "
@@ -46,11 +45,11 @@ class EvalsProjection:
                     (d["id"], d["eval_id"], d["project"], d["name"], d.get("model"), d.get("requested_model"),
                      Jsonb(d["data_source"]), Jsonb(d["metadata"]) if d.get("metadata") is not None else None,
                      d["created_at"], e.global_position))
-            elif t == "EvalRunStarted":
+            elif e.type == "EvalRunStarted":
                 conn.execute("UPDATE eval_runs SET status = 'in_progress', attempt = %s, "
                              "started_at = coalesce(started_at, %s) WHERE id = %s",
                              (d["attempt"], d["at"], run_id_of(e.stream_id)))
-            elif t == "EvalItemGraded":
+            elif e.type == "EvalItemGraded":
                 run = run_id_of(e.stream_id)
                 row = conn.execute(
                     "INSERT INTO eval_output_items (id, run_id, eval_id, project, datasource_item_id, datasource_item, "
@@ -70,18 +69,18 @@ class EvalsProjection:
                         per[r["name"]] = counts
                     conn.execute(f"UPDATE eval_runs SET total = total + 1, {col} = {col} + 1, per_criteria = %s "
                                  "WHERE id = %s", (Jsonb(per), run))
-            elif t == "EvalRunAttemptLost":
+            elif e.type == "EvalRunAttemptLost":
                 if d["requeued"]:
                     conn.execute("UPDATE eval_runs SET status = 'queued', attempt = %s WHERE id = %s",
                                  (d["attempt"] + 1, run_id_of(e.stream_id)))
-            elif t == "EvalRunCancelRequested":
+            elif e.type == "EvalRunCancelRequested":
                 conn.execute("UPDATE eval_runs SET cancel_requested = true WHERE id = %s", (run_id_of(e.stream_id),))
-            elif t == "EvalRunCompleted":
+            elif e.type == "EvalRunCompleted":
                 conn.execute("UPDATE eval_runs SET status = 'completed', finished_at = %s, usage = %s WHERE id = %s",
                              (d["at"], Jsonb(d.get("per_model_usage") or []), run_id_of(e.stream_id)))
-            elif t == "EvalRunFailed":
+            elif e.type == "EvalRunFailed":
                 conn.execute("UPDATE eval_runs SET status = 'failed', finished_at = %s, error = %s WHERE id = %s",
                              (d["at"], Jsonb(d["error"]), run_id_of(e.stream_id)))
-            elif t == "EvalRunCanceled":
+            elif e.type == "EvalRunCanceled":
                 conn.execute("UPDATE eval_runs SET status = 'canceled', finished_at = %s WHERE id = %s",
                              (d["at"], run_id_of(e.stream_id)))

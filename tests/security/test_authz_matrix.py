@@ -48,11 +48,15 @@ class Objects:
     walias: str = ""  # promoted by the matrix's writes
     chat: str = ""
     feedback: str = ""
+    eval: str = ""
+    run: str = ""
+    item: str = ""
     key_ids: set[str] = field(default_factory=set)
 
     def secrets(self) -> set[str]:
         """What another project's key must never see."""
-        return {self.file, self.job, self.doc, self.alias, self.chat, self.feedback, *self.key_ids}
+        return {self.file, self.job, self.doc, self.alias, self.chat, self.feedback, self.eval, self.run, self.item,
+                *self.key_ids}
 
 
 @dataclass
@@ -105,6 +109,10 @@ class Probe:
             r = s.http("POST", "/api/webhooks", creator, json=WEBHOOK)
         elif kind == "program":  # a DSPy program, imported
             r = s.http("POST", "/api/programs", t.creator, json={"model": BASE, "program": program_state()})
+        elif kind == "eval":
+            r = s.http("POST", "/v1/evals", t.creator, json=EVAL)
+        elif kind == "run":  # a jsonl run of the target's eval (graded in moments, or still queued: either works)
+            r = s.http("POST", f"/v1/evals/{t.eval}/runs", t.creator, json=EVAL_RUN)
         else:
             raise ValueError(kind)
         assert r.status_code in (200, 201), r.text
@@ -194,6 +202,12 @@ def _chat_body(p: Probe) -> dict[str, Any]:
 
 
 ALL_200 = "200 | 200 200 | 200 200 | 200 200 | 200 200"
+EVAL = {"data_source_config": {"type": "custom", "item_schema": {"type": "object", "properties": {
+    "answer": {"type": "string"}}}}, "testing_criteria": [{"type": "string_check", "name": "exact",
+                                                           "input": "{{sample.output_text}}",
+                                                           "reference": "{{item.answer}}", "operation": "eq"}]}
+EVAL_RUN = {"data_source": {"type": "jsonl", "source": {"type": "file_content", "content": [
+    {"item": {"answer": "4"}, "sample": {"output_text": "4"}}]}}}
 READ = "401 | 200 404 | 200 404 | 200 404 | 200 404"  # an object of the caller's project, or of another
 LIST = "401 | 200 200 | 200 200 | 200 200 | 200 200"  # the caller's own project's list, whoever calls
 OPERATOR_ONLY = "401 | 403 403 | 403 403 | 403 403 | 200 200"
@@ -313,6 +327,29 @@ TABLE: list[Route] = [
           lambda p: _body("/api/settings", json={"promotion_requires_better_eval": False})),
     Route("PATCH", "/api/settings", "401 | 403 403 | 403 403 | 200 200 | 200 200",
           lambda p: _body("/api/settings", json={"promotion_requires_better_eval": False})),
+    # ---- evaluations (OpenAI's Evals shapes)
+    Route("POST", "/v1/evals", "401 | 403 403 | 200 200 | 200 200 | 200 200", lambda p: _body("/v1/evals", json=EVAL)),
+    Route("GET", "/v1/evals", LIST, lambda p: "/v1/evals"),
+    Route("GET", "/v1/evals/<eval_id>", READ, lambda p: f"/v1/evals/{p.target.eval}"),
+    Route("POST", "/v1/evals/<eval_id>", "401 | 403 403 | 200 404 | 200 404 | 200 404",
+          lambda p: _body(f"/v1/evals/{p.target.eval}", json={"metadata": {"by": "matrix"}})),
+    Route("DELETE", "/v1/evals/<eval_id>", "401 | 403 403 | 200 404 | 200 404 | 200 404",
+          lambda p: f"/v1/evals/{p.fresh('eval')}"),
+    Route("POST", "/v1/evals/<eval_id>/runs", "401 | 403 403 | 200 404 | 200 404 | 200 404",
+          lambda p: _body(f"/v1/evals/{p.target.eval}/runs", json=EVAL_RUN)),
+    Route("GET", "/v1/evals/<eval_id>/runs", READ, lambda p: f"/v1/evals/{p.target.eval}/runs"),
+    Route("GET", "/v1/evals/<eval_id>/runs/<run_id>", READ,
+          lambda p: f"/v1/evals/{p.target.eval}/runs/{p.target.run}"),
+    Route("POST", "/v1/evals/<eval_id>/runs/<run_id>", "401 | 403 403 | 200 404 | 200 404 | 200 404",
+          lambda p: f"/v1/evals/{p.target.eval}/runs/{p.fresh('run')}"),
+    Route("POST", "/v1/evals/<eval_id>/runs/<run_id>/cancel", "401 | 403 403 | 200 404 | 200 404 | 200 404",
+          lambda p: f"/v1/evals/{p.target.eval}/runs/{p.fresh('run')}/cancel"),
+    Route("DELETE", "/v1/evals/<eval_id>/runs/<run_id>", "401 | 403 403 | 409 404 | 409 404 | 409 404",
+          lambda p: f"/v1/evals/{p.target.eval}/runs/{p.target.run}"),
+    Route("GET", "/v1/evals/<eval_id>/runs/<run_id>/output_items", READ,
+          lambda p: f"/v1/evals/{p.target.eval}/runs/{p.target.run}/output_items"),
+    Route("GET", "/v1/evals/<eval_id>/runs/<run_id>/output_items/<item_id>", READ,
+          lambda p: f"/v1/evals/{p.target.eval}/runs/{p.target.run}/output_items/{p.target.item}"),
 ]
 
 CELLS = [(route, role, side) for route in TABLE for (role, side), status in route.expected().items()
@@ -350,6 +387,15 @@ def _fill(stack, o: Objects, tag: str) -> None:
     o.feedback = _ok(r, "feedback")["id"]
     # approved for training (a trainer's correction is approved as given; the operator approves its own)
     _ok(stack.http("POST", f"/api/chat/feedback/{o.feedback}/approve", k), "approve")
+    o.eval = _ok(stack.http("POST", "/v1/evals", k, json=EVAL), "eval")["id"]
+    o.run = _ok(stack.http("POST", f"/v1/evals/{o.eval}/runs", k, json=EVAL_RUN), "eval run")["id"]
+    deadline = time.monotonic() + 60
+    while True:  # graded by a cpu worker
+        items = stack.http("GET", f"/v1/evals/{o.eval}/runs/{o.run}/output_items", k).json()["data"]
+        if items or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    o.item = items[0]["id"]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ import pytest
 
 from domain.errors import ValidationError
 from domain.evals import check_template, render, string_check, template_refs, validate_eval, validate_eval_update
-from workers.graders import ItemChecker, check_item_schema, grade, parse_label, parse_score, similarity
+from eventlog.item_schema import ItemChecker, check_item_schema
+from workers.graders import grade, parse_label, parse_score, similarity
 
 # ------------------------------------------------------------------------------------------------ templates
 
