@@ -16,6 +16,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         auth,
         chat,
         errors,
+        evals,
         health,
         job_control,
         knowledge,
@@ -23,6 +24,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         openai_compat,
         programs,
         registry,
+        teacher,
         web,
         webhooks,
     )
@@ -54,9 +56,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(knowledge.bp)
     app.register_blueprint(registry.bp)
     app.register_blueprint(chat.bp)
+    app.register_blueprint(teacher.bp)  # the review queue of corrections, a job's estimate
     app.register_blueprint(programs.bp)  # DSPy programs: export and import
     app.register_blueprint(audit.bp)  # history, lineage, the registry as of a point, chat records
     app.register_blueprint(webhooks.bp)
+    app.register_blueprint(evals.bp)  # OpenAI's Evals: evals, runs, output items
     register_exports(app)  # /api/models/<id>/export(s), DELETE /v1/models/<id>
     app.register_blueprint(web.bp)
     if os.environ.get("TUNELOG_PRELOAD_MODELS") == "1":

@@ -33,6 +33,7 @@ def _reader_view(type_: str, data: dict[str, Any]) -> dict[str, Any]:
     if p.role == "admin" or p.operator:
         return data
     hidden = {"ChatAnswered": ("messages", "answer"), "FeedbackGiven": ("messages", "corrected_answer", "comment"),
+              "FeedbackRejected": ("reason",),  # a teacher's note on a pupil's suggestion
               "KeyCreated": ("key_hash", "name"),  # a key's name may be a pupil's
               "WebhookCreated": ("url",),  # a URL may carry the receiver's token
               "WebhookDeliveryFailed": ("error",)}.get(type_, ())

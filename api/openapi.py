@@ -399,6 +399,32 @@ def schemas() -> dict[str, Any]:
                          approved={"type": "boolean"}),
         "FeedbackApproved": _obj(["object", "id", "approved"], object={"const": "chat.feedback"},
                                  id={"type": "string"}, approved={"const": True}),
+        "FeedbackItem": _obj(
+            ["object", "id", "chat_id", "rating", "approved", "rejected", "created_at"],
+            object={"const": "chat.feedback"}, id={"type": "string"}, chat_id={"type": "string"},
+            model={**NULLABLE_STR, "description": "the model that answered (where the project stores chat records)"},
+            rating={"type": "integer"}, comment=NULLABLE_STR, corrected_answer=NULLABLE_STR,
+            messages={"type": ["array", "null"], "items": {"type": "object"},
+                      "description": "the conversation the correction is about"},
+            answer={**NULLABLE_STR, "description": "the model's answer that the correction replaces"},
+            approved={"type": "boolean"}, rejected={"type": "boolean"}, reviewed_by=NULLABLE_STR,
+            reviewed_at=NULLABLE_INT, review_reason=NULLABLE_STR, actor={"type": "string"},
+            created_at={"type": "integer"}),
+        "FeedbackList": _list("FeedbackItem", has_more={"type": "boolean"}, first_id=NULLABLE_STR,
+                              last_id=NULLABLE_STR),
+        "RejectFeedback": {"type": "object", "additionalProperties": True, "properties": {
+            "reason": {"type": ["string", "null"], "maxLength": 2000}}},
+        "FeedbackRejected": _obj(["object", "id", "approved", "rejected"], object={"const": "chat.feedback"},
+                                 id={"type": "string"}, approved={"const": False}, rejected={"const": True},
+                                 reviewed_by=NULLABLE_STR, reviewed_at=NULLABLE_INT, review_reason=NULLABLE_STR),
+        "JobEstimate": _obj(
+            ["object", "backend", "steps", "estimated_seconds", "estimated_cost_usd", "basis"],
+            object={"const": "fine_tuning.estimate"}, backend={"enum": ["local", "provider", "dspy"]},
+            method={"enum": ["supervised", "dpo", "dspy"]},
+            steps={**NULLABLE_INT, "description": "optimizer steps (local), evaluations (dspy with a fixed plan)"},
+            n_epochs=NULLABLE_INT, batch_size=NULLABLE_INT, training_tokens=NULLABLE_INT, lm_calls=NULLABLE_INT,
+            estimated_seconds=NULLABLE_INT, estimated_cost_usd={"type": ["number", "null"]},
+            basis={"type": "string", "description": "how the numbers were reached, in one sentence"}),
         # ---- operations
         "Health": _obj(["status"], status={"enum": ["ok", "degraded", "unavailable"]}, postgres={"type": "string"},
                        redis={"type": "string"}, parts={"type": "object"}),
@@ -584,11 +610,26 @@ def document() -> dict[str, Any]:
             # ---- chat records and feedback
             "/api/chat/answers": {"get": _op("Which model answered what (admin)", "chat", returns="ChatAnswers",
                                              params=[_q("model", "filter"), _limit(1000)])},
-            "/api/chat/feedback": {"post": _op("Rate an answer, optionally with a correction", "chat", ok="201",
-                                               returns="Feedback", body=JSON("GiveFeedback"))},
+            "/api/chat/feedback": {
+                "post": _op("Rate an answer, optionally with a correction", "chat", ok="201", returns="Feedback",
+                            body=JSON("GiveFeedback")),
+                "get": _op("This project's feedback, newest first (admin, trainer): pending corrections (not yet "
+                           "approved or rejected), approved, rejected or all", "chat", returns="FeedbackList",
+                           params=[_q("status", "which feedback (default all)",
+                                      {"enum": ["pending", "approved", "rejected", "all"]}),
+                                   _q("after", "cursor: a feedback id"), _limit(100)])},
             "/api/chat/feedback/{feedback_id}/approve": {"post": _op(
-                "Approve a correction for training", "chat", returns="FeedbackApproved",
+                "Approve a correction for training (also one rejected before)", "chat", returns="FeedbackApproved",
                 params=[_p("feedback_id")])},
+            "/api/chat/feedback/{feedback_id}/reject": {"post": _op(
+                "Reject a correction (admin, trainer): later training files built from feedback leave it out; an "
+                "approved one may be rejected, and approved again (files already built stay as they were)", "chat",
+                returns="FeedbackRejected", params=[_p("feedback_id")], body=JSON("RejectFeedback"),
+                body_required=False)},
+            "/api/fine_tuning/estimate": {"post": _op(
+                "What a fine-tuning job with this body would take (steps, seconds, cost, and how they were "
+                "reached), checked as creating it is (the same 4xx); appends nothing", "fine-tuning",
+                returns="JobEstimate", body=JSON("CreateJob"))},
             "/api/datasets/from-feedback": {"post": _op("Build a fine-tune file from approved corrections", "chat",
                                                         returns="FeedbackFile")},
             "/api/jobs/{job_id}/stream": {"get": _op("A job's events as server-sent events", "fine-tuning",

@@ -411,6 +411,18 @@ class FeedbackApproved(Event):
     at: int
 
 
+@dataclass(frozen=True)
+class FeedbackRejected(Event):
+    """A teacher's decision that a suggested correction must not be trained on (a later FeedbackApproved may
+    reverse it, as this may reverse an approval; files already built from the feedback stay as they were)."""
+
+    id: str
+    chat_id: str
+    actor: str
+    reason: str | None
+    at: int
+
+
 # ---- model export and deletion (stream model-<id>; written by api/exports.py and workers/export.py) -----
 @dataclass(frozen=True)
 class ModelExportRequested(Event):
@@ -459,4 +471,124 @@ class ModelDeleted(Event):
 @dataclass(frozen=True)
 class ModelArtifactsRemoved(Event):
     id: str
+    at: int
+
+
+# ---- evaluations (OpenAI's Evals shapes; written by api/evals.py, workers/evals.py and the dispatcher) ----
+def eval_stream(eval_id: str) -> str:
+    return f"eval-{eval_id}"
+
+
+def eval_run_stream(run_id: str) -> str:
+    return f"evalrun-{run_id}"
+
+
+@dataclass(frozen=True)
+class EvalCreated(Event):
+    id: str  # eval_<24 hex>
+    project: str
+    name: str
+    data_source_config: dict[str, Any]  # as OpenAI answers it, plus the given item_schema
+    testing_criteria: list[dict[str, Any]]  # validated and normalized (domain/evals.py)
+    metadata: dict[str, str] | None
+    created_at: int
+
+
+@dataclass(frozen=True)
+class EvalUpdated(Event):
+    id: str
+    name: str
+    metadata: dict[str, str] | None
+    at: int
+
+
+@dataclass(frozen=True)
+class EvalDeleted(Event):
+    id: str
+    at: int
+
+
+@dataclass(frozen=True)
+class EvalRunCreated(Event):
+    """A run to grade: the items (a blob, by hash) and where each sample comes from. `models` holds what every
+    model the run calls (the sampled one and the judges of score_model / label_model) resolved to at creation."""
+
+    id: str  # evalrun_<24 hex>
+    eval_id: str
+    project: str
+    name: str
+    data_source: dict[str, Any]  # as given (file_content's content left out: it is in the blob)
+    items_sha256: str  # JSONL of {"item": ..., "sample"?: ...} in the blobs table
+    n_items: int
+    model: str | None  # the sampled model's id (completions runs), an alias resolved
+    requested_model: str | None
+    models: dict[str, dict[str, Any]]  # name -> {id, backend, base_model, artifact_path}
+    metadata: dict[str, str] | None
+    created_at: int
+    trigger: dict[str, Any] | None = None  # auto_evaluate: {"reason", "job_id", "alias"}
+
+
+@dataclass(frozen=True)
+class EvalRunStarted(Event):
+    attempt: int
+    worker: str
+    at: int
+
+
+@dataclass(frozen=True)
+class EvalItemGraded(Event):
+    """One item's sample and every criterion's result (OpenAI's eval.run.output_item). Appended once per item:
+    a resumed attempt skips the items already graded."""
+
+    index: int  # datasource_item_id: the item's place in the data source, from 0
+    item: dict[str, Any]
+    sample: dict[str, Any]
+    results: list[dict[str, Any]]
+    status: str  # pass | fail | error
+    attempt: int
+    at: int
+
+
+@dataclass(frozen=True)
+class EvalRunAttemptLost(Event):
+    attempt: int
+    reason: str
+    requeued: bool
+    at: int
+
+
+@dataclass(frozen=True)
+class EvalRunCancelRequested(Event):
+    actor: str
+    at: int
+
+
+@dataclass(frozen=True)
+class EvalRunCompleted(Event):
+    result_counts: dict[str, int]  # total, passed, failed, errored
+    per_testing_criteria_results: list[dict[str, Any]]  # {testing_criteria, passed, failed}
+    per_model_usage: list[dict[str, Any]]
+    at: int
+
+
+@dataclass(frozen=True)
+class EvalRunFailed(Event):
+    error: dict[str, Any]
+    at: int
+
+
+@dataclass(frozen=True)
+class EvalRunCanceled(Event):
+    reason: str
+    at: int
+
+
+@dataclass(frozen=True)
+class PromotionEvaluated(Event):
+    """auto_promote's decision on a candidate (stream alias-<project>-<alias>'s neighbour: the run's stream)."""
+
+    model: str
+    alias: str
+    promoted: bool
+    reason: str
     at: int

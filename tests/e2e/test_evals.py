@@ -207,7 +207,8 @@ def test_bad_eval_files_schemas_and_templates_are_400_and_append_nothing(stack):
     with pytest.raises(BadRequestError) as e:  # a sample reference where no sample exists yet
         c.evals.runs.create(ev.id, data_source={"type": "completions", "model": BASE, "source": {
             "type": "file_content", "content": [{"item": {"question": "a", "answer": "b"}}]},
-            "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{sample.output_text}}"}]}})
+            "input_messages": {"type": "template", "template": [
+                {"role": "user", "content": "{{sample.output_text}}"}]}})
     assert e.value.body["code"] == "invalid_template"
     with pytest.raises(BadRequestError) as e:  # a jsonl run without samples
         c.evals.runs.create(ev.id, data_source={"type": "jsonl", "source": {

@@ -327,6 +327,16 @@ TABLE: list[Route] = [
           lambda p: _body("/api/settings", json={"promotion_requires_better_eval": False})),
     Route("PATCH", "/api/settings", "401 | 403 403 | 403 403 | 200 200 | 200 200",
           lambda p: _body("/api/settings", json={"promotion_requires_better_eval": False})),
+    # ---- the teacher's review queue and a job's estimate (api/teacher.py)
+    Route("GET", "/api/chat/feedback", "401 | 403 403 | 200 200 | 200 200 | 200 200",
+          lambda p: "/api/chat/feedback?status=all"),
+    Route("POST", "/api/chat/feedback/<feedback_id>/reject", "401 | 403 403 | 200 404 | 200 404 | 200 404",
+          lambda p: _body(f"/api/chat/feedback/{p.target.feedback}/reject", json={"reason": "matrix"}),
+          # approved again, so the from-feedback cells still find an approved correction
+          cleanup=lambda p, r: p.stack.http("POST", f"/api/chat/feedback/{p.target.feedback}/approve",
+                                            p.target.creator)),
+    Route("POST", "/api/fine_tuning/estimate", "401 | 403 403 | 200 400 | 200 400 | 200 400",
+          lambda p: _body("/api/fine_tuning/estimate", json={"model": BASE, "training_file": p.target.file})),
     # ---- evaluations (OpenAI's Evals shapes)
     Route("POST", "/v1/evals", "401 | 403 403 | 200 200 | 200 200 | 200 200", lambda p: _body("/v1/evals", json=EVAL)),
     Route("GET", "/v1/evals", LIST, lambda p: "/v1/evals"),
