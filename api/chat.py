@@ -580,7 +580,17 @@ def dataset_from_feedback():
             convo.pop()
         lines.append(json.dumps({"messages": convo + [{"role": "assistant", "content": r["corrected_answer"]}]}))
     content = ("\n".join(lines) + "\n").encode()
-    report = check_chat_jsonl(content, min_examples=1, max_tokens=10**9)
+    s = svc().settings
+    if len(content) > s.max_upload_bytes:  # as an upload would be: jobs, estimates and budgets read it whole
+        raise ValidationError(f"the approved corrections make a file of {len(content)} bytes, over the upload limit "
+                              f"of {s.max_upload_bytes}; reject some, or raise TUNELOG_MAX_UPLOAD_BYTES",
+                              param=None, code="file_too_large")
+    from api.tokens import counter
+    from eventlog.catalog import BASE_MODELS
+
+    # tokens counted as for an upload: a delegated job's budget charge and the context check read them
+    report = check_chat_jsonl(content, min_examples=1, max_tokens=max(m.context_length for m in BASE_MODELS.values()),
+                              count_tokens=counter(s.model_dir))
     sha = hashlib.sha256(content).hexdigest()
     idem = Idempotent({"sha256": sha})
     with svc().pool.connection() as c:

@@ -15,8 +15,9 @@ from api.common import Idempotent, append_and_respond, json_body, metadata, now,
 from api.openai_compat import query_arg
 from api.registry import resolve, settings_for
 from domain.datasets import eval_lines
-from domain.errors import Conflict, NotFound, ValidationError
+from domain.errors import Conflict, NotFound, TooManyRequests, ValidationError
 from domain.eval_runs import fold as fold_run
+from domain.eval_runs import spec_sha256
 from domain.eval_sources import input_messages, sampling_params
 from domain.evals_limits import MAX_FILE_CONTENT_BYTES, MAX_RUN_ITEMS
 from domain.events import (
@@ -33,6 +34,7 @@ from eventlog.store import NewEvent
 
 bp = Blueprint("evals", __name__, url_prefix="/v1")
 SERVED_BACKENDS = {"hf-base", "hf-lora", "hf-full"}  # what a run can sample or ask to judge (the serving tier)
+MAX_OPEN_RUNS = 8  # queued or in-progress runs of one project: one project can't take the cpu queue
 
 
 # ---- objects as OpenAI answers them ------------------------------------------------------------------------
@@ -322,8 +324,14 @@ def new_run_event(project: str, eval_row: dict[str, Any], plan: dict[str, Any], 
         id=run_id, eval_id=eval_row["id"], project=project,
         name=name or f"{plan['requested'] or 'jsonl'} on {eval_row['name']}"[:256],
         data_source=plan["data_source"], items_sha256=sha, n_items=plan["n"], model=plan["model"],
-        requested_model=plan["requested"], models=plan["models"], metadata=meta, created_at=now(), trigger=trigger)
+        requested_model=plan["requested"], models=plan["models"], metadata=meta, created_at=now(), trigger=trigger,
+        spec_sha256=plan_spec(eval_row, plan))
     return ev, sha
+
+
+def plan_spec(eval_row: dict[str, Any], plan: dict[str, Any]) -> str:
+    judges = [c["model"] for c in eval_row["testing_criteria"] if c.get("type") in ("score_model", "label_model")]
+    return spec_sha256(plan["data_source"], hashlib.sha256(plan["content"]).hexdigest(), plan["models"], judges)
 
 
 @bp.post("/evals/<eval_id>/runs")
@@ -338,8 +346,15 @@ def create_run(eval_id: str):
     if name is not None and (not isinstance(name, str) or len(name) > 256):
         raise ValidationError("name must be text of at most 256 characters", param="name")
     meta = _metadata(body.get("metadata"))
+    idem = Idempotent({"eval": eval_id, **body})  # a retry is answered before the items are checked again
+    with svc().pool.connection() as c:
+        open_runs = c.execute("SELECT count(*) AS n FROM eval_runs WHERE project = %s AND status IN "
+                              "('queued', 'in_progress')", (p.project,)).fetchone()["n"]
+    if open_runs >= MAX_OPEN_RUNS:
+        raise TooManyRequests(f"this project has {open_runs} eval runs queued or in progress (at most "
+                              f"{MAX_OPEN_RUNS}); wait for one to finish, or cancel one", retry_after=30,
+                              code="too_many_runs")
     plan = plan_run(p.project, row, body.get("data_source"))
-    idem = Idempotent({"eval": eval_id, **body})
     ev, sha = new_run_event(p.project, row, plan, name, meta)
     with svc().pool.connection() as c:
         c.execute("INSERT INTO blobs (sha256, content) VALUES (%s, %s) ON CONFLICT DO NOTHING", (sha, plan["content"]))
@@ -395,17 +410,21 @@ def cancel_run(eval_id: str, run_id: str):
         state = fold_run([(e.type, e.data, e.stream_version) for e in events])
         if state.terminal or state.cancel_requested:
             break
-        if state.status == "queued":
+        if state.status == "queued":  # at the version read: a worker starting it at once wins, then we ask it
             new = [NewEvent("EvalRunCanceled", EvalRunCanceled(reason="canceled before it started", at=now())
                             .to_data(), metadata(run_id))]
-        else:
+            expected: int | None = state.version
+        else:  # a flag: appended whatever the worker appended meanwhile (a busy run must not outrun a cancel)
             new = [NewEvent("EvalRunCancelRequested", EvalRunCancelRequested(actor=p.key_id, at=now()).to_data(),
                             metadata(run_id))]
+            expected = None
         try:
-            svc().store.append(stream, state.version, new)
+            svc().store.append(stream, expected, new)
             break
         except Conflict:
             continue
+    else:
+        raise Conflict("the run changed on every try; cancel again", code="concurrency_conflict")
     from api.common import fresh
 
     fresh(svc().pool)

@@ -82,6 +82,18 @@ SSE_EVENT = {"type": "object", "required": ["data"], "properties": {
 SSE = {"text/event-stream": {"schema": SSE_EVENT}}
 
 
+PROMOTION_EVAL = {"description": "the eval gate (docs/evals.md): a promotion needs the model's latest completed run "
+                  "of the eval to pass min_pass_rate of its items on the criterion, and more of them than the "
+                  "current target's with must_beat_current; null: no gate",
+                  "oneOf": [{"type": "null"}, {"type": "object", "required": ["eval_id", "criterion"], "properties": {
+                      "eval_id": {"type": "string"}, "criterion": {"type": "string"},
+                      "must_beat_current": {"type": "boolean"}, "min_pass_rate": {"type": "number", "minimum": 0,
+                                                                                  "maximum": 1},
+                      "alias": {"type": "string"}, "data_source": {"type": "object"}}}]}
+EVAL_METADATA = {"type": ["object", "null"], "maxProperties": 16,
+                 "additionalProperties": {"type": "string", "maxLength": 512}}
+
+
 def _int_range(lo: int, hi: int, nullable: bool = False, **extra: Any) -> dict[str, Any]:
     return {"type": ["integer", "null"] if nullable else "integer", "minimum": lo, "maximum": hi, **extra}
 
@@ -347,13 +359,17 @@ def schemas() -> dict[str, Any]:
         "AliasHistory": _list("AliasChange", alias={"type": "string"}),
         "SettingsPatch": {"type": "object", "additionalProperties": False, "properties": {
             "store_chat_text": {"type": "boolean"}, "promotion_requires_better_eval": {"type": "boolean"},
-            "local_only": {"type": "boolean"}, "monthly_budget_usd": BUDGET, "pii_roster": ROSTER}},
+            "local_only": {"type": "boolean"}, "monthly_budget_usd": BUDGET, "pii_roster": ROSTER,
+            "promotion_eval": PROMOTION_EVAL, "auto_evaluate": {"type": "boolean"},
+            "auto_promote": {"type": "boolean"}}},
         "Settings": _obj(["object", "project", "store_chat_text", "promotion_requires_better_eval", "local_only",
                           "monthly_budget_usd", "pii_roster", "version"],
                          object={"const": "settings"}, project={"type": "string"},
                          store_chat_text={"type": "boolean"}, promotion_requires_better_eval={"type": "boolean"},
                          local_only={"type": "boolean"}, monthly_budget_usd=BUDGET, pii_roster=ROSTER_SHOWN,
-                         pii_roster_count={"type": "integer"}, version={"type": "integer"}),
+                         pii_roster_count={"type": "integer"}, version={"type": "integer"},
+                         promotion_eval=PROMOTION_EVAL, auto_evaluate={"type": "boolean"},
+                         auto_promote={"type": "boolean"}),
         "RerunRequest": {"type": "object", "additionalProperties": False, "required": ["model"], "properties": {
             "model": {"type": "string", "description": "the model (or provider/model) the spec is re-run on"},
             "suffix": NULLABLE_STR, "seed": NULLABLE_INT, "metadata": {"type": ["object", "null"]},
@@ -416,7 +432,10 @@ def schemas() -> dict[str, Any]:
             "reason": {"type": ["string", "null"], "maxLength": 2000}}},
         "FeedbackRejected": _obj(["object", "id", "approved", "rejected"], object={"const": "chat.feedback"},
                                  id={"type": "string"}, approved={"const": False}, rejected={"const": True},
-                                 reviewed_by=NULLABLE_STR, reviewed_at=NULLABLE_INT, review_reason=NULLABLE_STR),
+                                 reviewed_by=NULLABLE_STR, reviewed_at=NULLABLE_INT, review_reason=NULLABLE_STR,
+                                 in_files={"type": "array", "items": {"type": "string"}, "description": (
+                                     "this project's training files already built from this correction (they keep "
+                                     "it: it is left out of files built from now on)")}),
         "JobEstimate": _obj(
             ["object", "backend", "steps", "estimated_seconds", "estimated_cost_usd", "basis"],
             object={"const": "fine_tuning.estimate"}, backend={"enum": ["local", "provider", "dspy"]},
@@ -425,6 +444,56 @@ def schemas() -> dict[str, Any]:
             n_epochs=NULLABLE_INT, batch_size=NULLABLE_INT, training_tokens=NULLABLE_INT, lm_calls=NULLABLE_INT,
             estimated_seconds=NULLABLE_INT, estimated_cost_usd={"type": ["number", "null"]},
             basis={"type": "string", "description": "how the numbers were reached, in one sentence"}),
+        # ---- evaluations (OpenAI's Evals shapes; docs/evals.md)
+        "Eval": _obj(["object", "id", "name", "data_source_config", "testing_criteria", "created_at"],
+                     object={"const": "eval"}, id={"type": "string"}, name={"type": "string"},
+                     data_source_config=_obj(["type", "schema"], type={"const": "custom"}, schema={"type": "object"}),
+                     testing_criteria={"type": "array", "items": {"type": "object"}},
+                     metadata={"type": ["object", "null"]}, created_at={"type": "integer"}),
+        "EvalList": _list("Eval", has_more={"type": "boolean"}, first_id=NULLABLE_STR, last_id=NULLABLE_STR),
+        "CreateEval": _obj(
+            ["data_source_config", "testing_criteria"], name={"type": "string", "maxLength": 256},
+            metadata=EVAL_METADATA,
+            data_source_config=_obj(["type", "item_schema"], type={"const": "custom"},
+                                    item_schema={"type": "object", "description": "a JSON Schema of each item"},
+                                    include_sample_schema={"type": "boolean"}),
+            testing_criteria={"type": "array", "minItems": 1, "maxItems": 16, "items": _obj(
+                ["type"], type={"enum": ["string_check", "text_similarity", "score_model", "label_model"]},
+                name={"type": "string"})}),
+        "UpdateEval": _obj([], name={"type": "string", "maxLength": 256}, metadata=EVAL_METADATA),
+        "EvalDeleted": _obj(["object", "deleted", "eval_id"], object={"const": "eval.deleted"},
+                            deleted={"const": True}, eval_id={"type": "string"}),
+        "CreateEvalRun": _obj(["data_source"], name={"type": "string", "maxLength": 256}, metadata=EVAL_METADATA,
+                              data_source=_obj(["type", "source"], type={"enum": ["completions", "jsonl"]},
+                                               source={"type": "object"}, model={"type": "string"},
+                                               input_messages={"type": "object"},
+                                               sampling_params={"type": "object"})),
+        "EvalRun": _obj(
+            ["object", "id", "eval_id", "name", "status", "model", "data_source", "result_counts",
+             "per_testing_criteria_results", "per_model_usage", "error", "created_at", "report_url"],
+            object={"const": "eval.run"}, id={"type": "string"}, eval_id={"type": "string"}, name={"type": "string"},
+            status={"enum": ["queued", "in_progress", "completed", "failed", "canceled"]}, model={"type": "string"},
+            data_source={"type": "object"}, metadata={"type": ["object", "null"]}, created_at={"type": "integer"},
+            result_counts=_obj(["total", "passed", "failed", "errored"], total={"type": "integer"},
+                               passed={"type": "integer"}, failed={"type": "integer"}, errored={"type": "integer"}),
+            per_testing_criteria_results={"type": "array", "items": _obj(
+                ["testing_criteria", "passed", "failed"], testing_criteria={"type": "string"},
+                passed={"type": "integer"}, failed={"type": "integer"})},
+            per_model_usage={"type": "array", "items": {"type": "object"}},
+            error=_obj(["code", "message"], code={"type": "string"}, message={"type": "string"}),
+            report_url={"type": "string"}),
+        "EvalRunList": _list("EvalRun", has_more={"type": "boolean"}, first_id=NULLABLE_STR, last_id=NULLABLE_STR),
+        "EvalOutputItem": _obj(
+            ["object", "id", "run_id", "eval_id", "status", "datasource_item_id", "datasource_item", "results",
+             "sample", "created_at"],
+            object={"const": "eval.run.output_item"}, id={"type": "string"}, run_id={"type": "string"},
+            eval_id={"type": "string"}, status={"enum": ["pass", "fail", "error"]},
+            datasource_item_id={"type": "integer"}, datasource_item={"type": "object"},
+            results={"type": "array", "items": _obj(["name", "score", "passed"], name={"type": "string"},
+                                                    score={"type": "number"}, passed={"type": "boolean"})},
+            sample={"type": "object"}, created_at={"type": "integer"}),
+        "EvalOutputItemList": _list("EvalOutputItem", has_more={"type": "boolean"}, first_id=NULLABLE_STR,
+                                    last_id=NULLABLE_STR),
         # ---- operations
         "Health": _obj(["status"], status={"enum": ["ok", "degraded", "unavailable"]}, postgres={"type": "string"},
                        redis={"type": "string"}, parts={"type": "object"}),
@@ -464,7 +533,7 @@ def document() -> dict[str, Any]:
                                    "JSONL, one example a line: chat format (ChatExample, for supervised jobs) "
                                    "or OpenAI's preference format (PreferenceExample, for dpo jobs), told by "
                                    "the first example; every bad line is reported with its number")},
-                                              "purpose": {"enum": ["fine-tune"]}}}}}),
+                                              "purpose": {"enum": ["fine-tune", "evals"]}}}}}),
             },
             "/v1/files/{file_id}": {"get": _op("Retrieve a file", "files", returns="File", params=[file_id]),
                                     "delete": _op("Delete a file", "files", returns="FileDeleted", params=[file_id])},
@@ -634,5 +703,45 @@ def document() -> dict[str, Any]:
                                                         returns="FeedbackFile")},
             "/api/jobs/{job_id}/stream": {"get": _op("A job's events as server-sent events", "fine-tuning",
                                                      params=[job_id], returns=SSE)},
+            # ---- evaluations (OpenAI's Evals API)
+            "/v1/evals": {
+                "post": _op("Create an eval: a custom data source (item_schema) and testing criteria", "evals",
+                            returns="Eval", body=JSON("CreateEval")),
+                "get": _op("List evals", "evals", returns="EvalList", params=[
+                    _q("after", "cursor: an eval id"), _limit(100),
+                    _q("order", "asc or desc", {"enum": ["asc", "desc"]}),
+                    _q("order_by", "created_at or updated_at", {"enum": ["created_at", "updated_at"]})])},
+            "/v1/evals/{eval_id}": {
+                "get": _op("Retrieve an eval", "evals", returns="Eval", params=[_p("eval_id")]),
+                "post": _op("Update an eval's name and metadata", "evals", returns="Eval", params=[_p("eval_id")],
+                            body=JSON("UpdateEval")),
+                "delete": _op("Delete an eval (409 while it gates promotion)", "evals", returns="EvalDeleted",
+                              params=[_p("eval_id")])},
+            "/v1/evals/{eval_id}/runs": {
+                "post": _op("Start a run: completions (tunelog samples a model) or jsonl (samples given); graded by a "
+                            "cpu worker", "evals", returns="EvalRun", params=[_p("eval_id")],
+                            body=JSON("CreateEvalRun")),
+                "get": _op("List an eval's runs", "evals", returns="EvalRunList", params=[
+                    _p("eval_id"), _q("after", "cursor: a run id"), _limit(100),
+                    _q("order", "asc or desc", {"enum": ["asc", "desc"]}),
+                    _q("status", "filter", {"enum": ["queued", "in_progress", "completed", "canceled", "failed"]})])},
+            "/v1/evals/{eval_id}/runs/{run_id}": {
+                "get": _op("Retrieve a run", "evals", returns="EvalRun", params=[_p("eval_id"), _p("run_id")]),
+                "post": _op("Cancel a run (as the openai SDK sends it)", "evals", returns="EvalRun",
+                            params=[_p("eval_id"), _p("run_id")]),
+                "delete": _op("Runs are kept as the evidence of promotions: 409 run_kept", "evals", returns="EvalRun",
+                              params=[_p("eval_id"), _p("run_id")])},
+            "/v1/evals/{eval_id}/runs/{run_id}/cancel": {"post": _op(
+                "Cancel a run: a queued one at once, a running one before its next item", "evals", returns="EvalRun",
+                params=[_p("eval_id"), _p("run_id")])},
+            "/v1/evals/{eval_id}/runs/{run_id}/output_items": {"get": _op(
+                "A run's graded items: the item, the sample and every criterion's result", "evals",
+                returns="EvalOutputItemList", params=[
+                    _p("eval_id"), _p("run_id"), _q("after", "cursor: an output item id"), _limit(1000),
+                    _q("order", "asc or desc", {"enum": ["asc", "desc"]}),
+                    _q("status", "pass, fail or error", {"enum": ["pass", "fail", "error"]})])},
+            "/v1/evals/{eval_id}/runs/{run_id}/output_items/{item_id}": {"get": _op(
+                "Retrieve a graded item", "evals", returns="EvalOutputItem",
+                params=[_p("eval_id"), _p("run_id"), _p("item_id")])},
         },
     }

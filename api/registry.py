@@ -174,6 +174,9 @@ def promote(alias: str):
             numbers = gate_numbers(svc(), p.project, settings.promotion_eval, new.id, alias)
             gate = check_eval_gate(settings.promotion_eval, alias, new.id, numbers["candidate"],
                                    numbers["current_model"], numbers["current"])
+            if gate and numbers["unrunnable"]:
+                gate += (f"; the current target {numbers['unrunnable']} can't be evaluated (deleted, or not a "
+                         "model of the serving tier), so there was nothing to beat")
         ev = AliasPromoted(project=p.project, alias=alias, model=new.id, previous=current, reason=reason.strip(),
                            at=now())
         body_out = {"object": "alias", "alias": alias, "model": new.id, "previous": current, "reason": ev.reason}
@@ -211,8 +214,9 @@ def get_settings():
     return _settings_response(g.principal.project, current, version)
 
 
-def _check_gate_eval(project: str, gate: dict[str, Any]) -> None:
-    """The gate's eval exists in this project and has the criterion; a data_source for auto_evaluate is a run's."""
+def _check_gate_eval(project: str, gate: dict[str, Any]) -> str | None:
+    """The gate's eval exists in this project and has the criterion; a data_source for auto_evaluate is a run's
+    (then the spec of such runs is returned: only runs of that spec count at the gate)."""
     with svc().pool.connection() as c:
         row = c.execute("SELECT * FROM evals WHERE id = %s AND project = %s AND deleted_at IS NULL",
                         (gate["eval_id"], project)).fetchone()
@@ -231,7 +235,10 @@ def _check_gate_eval(project: str, gate: dict[str, Any]) -> None:
         if ds.get("type") != "completions" or "model" in ds:
             raise ValidationError("promotion_eval.data_source must be a completions data source without a model "
                                   "(auto_evaluate fills in the new model)", param="promotion_eval.data_source")
-        plan_run(project, row, {**ds, "model": DEFAULT_BASE})
+        from api.evals import plan_spec
+
+        return plan_spec(row, plan_run(project, row, {**ds, "model": DEFAULT_BASE}))
+    return None
 
 
 @bp.put("/settings")
@@ -243,9 +250,10 @@ def put_settings():
     p = require("admin")
     patch = json_body()
     ProjectSettings().updated(patch)  # validate before anything else
+    pinned = None  # the spec runs must have to count at the gate, when the gate names its data source
     if isinstance(patch.get("promotion_eval"), dict):
-        _check_gate_eval(p.project, ProjectSettings().updated({"promotion_eval": patch["promotion_eval"]})
-                         .promotion_eval)
+        pinned = _check_gate_eval(p.project, ProjectSettings().updated({"promotion_eval": patch["promotion_eval"]})
+                                  .promotion_eval)
     if_match = request.headers.get("If-Match")
     expected: int | None = None
     if if_match is not None and if_match.strip() != "*":
@@ -261,6 +269,8 @@ def put_settings():
             raise PreconditionFailed(f"the settings are at version {version}, not {expected}: someone changed "
                                      "them; GET them again and retry", param="If-Match")
         new = current.updated(patch)
+        if pinned is not None and new.promotion_eval is not None:
+            new.promotion_eval["spec_sha256"] = pinned
         ev = ProjectSettingsChanged(project=p.project, settings=new.to_dict(), at=now())
         body = {"object": "settings", "project": p.project, **new.to_dict(), "version": version + 1}
         try:

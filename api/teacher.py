@@ -2,6 +2,7 @@
 api/chat.py), and what a fine-tuning job would take before it is started (an estimate, appending nothing)."""
 from __future__ import annotations
 
+import functools
 import math
 import os
 import statistics
@@ -37,13 +38,17 @@ DSPY_SECONDS_PER_CALL = {"local": 1.5, "provider": 2.0}  # one LM call of a prog
 
 # ---- review -------------------------------------------------------------------------------------------
 def _answer(row: dict[str, Any]) -> str | None:
-    """The model's answer the correction replaces: the stored answer, else the conversation's last assistant
-    message (a project that stores no chat text keeps only what the correction carried)."""
+    """The model's answer the correction replaces: the stored answer, else the assistant message that ends the
+    conversation (a project that stores no chat text keeps only what the correction carried). An earlier
+    assistant turn is no answer replaced: a training file built from feedback trains it as it is."""
     if row.get("stored_answer") is not None:
         return row["stored_answer"]
     for m in reversed(row.get("messages") or []):
-        if isinstance(m, dict) and m.get("role") == "assistant" and isinstance(m.get("content"), str):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
+            continue  # as api/chat.py builds the file: other roles are left out of it
+        if m.get("role") == "assistant" and isinstance(m.get("content"), str):
             return m["content"]
+        return None
     return None
 
 
@@ -80,15 +85,25 @@ def list_feedback():
                     "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
 
 
+def _files_holding(project: str, feedback_id: str) -> list[str]:
+    """This project's training files already built from the correction (their stats name the feedback they
+    hold): a rejection leaves them as they are, and whoever rejects is told so."""
+    with svc().pool.connection() as c:
+        rows = c.execute("SELECT id FROM files WHERE project = %s AND stats -> 'feedback_ids' ? %s "
+                         "ORDER BY created_at, id", (project, feedback_id)).fetchall()
+    return [r["id"] for r in rows]
+
+
 def _optional_body() -> dict[str, Any]:
     return json_body() if request.get_data(cache=True) else {}
 
 
 @bp.post("/chat/feedback/<feedback_id>/reject")
 def reject_feedback(feedback_id: str):
-    """Keep a suggested correction out of training files built from feedback. A decision can be changed: an
-    approved correction can be rejected (and a rejected one approved again); training files already built
-    from it are not changed (they are immutable; their stats name the feedback they hold)."""
+    """Keep a suggested correction out of training files built from feedback from now on. A decision can be
+    changed: an approved correction can be rejected (and a rejected one approved again); training files already
+    built from it are not changed (they are immutable; their stats name the feedback they hold): `in_files`
+    names this project's files that hold it."""
     p = require("admin", "trainer")
     if not valid_id(feedback_id):
         raise NotFound(f"no such feedback: {feedback_id!r}", param="feedback_id")
@@ -100,7 +115,8 @@ def reject_feedback(feedback_id: str):
     row = owned("chat_feedback", feedback_id, "feedback", "feedback_id")
     if row["corrected_answer"] is None:
         raise ValidationError("only feedback with a corrected answer is reviewed for training", param="feedback_id")
-    decided = {"object": "chat.feedback", "id": feedback_id, "approved": False, "rejected": True}
+    decided = {"object": "chat.feedback", "id": feedback_id, "approved": False, "rejected": True,
+               "in_files": _files_holding(p.project, feedback_id)}
     if row["rejected"]:  # already decided so: nothing to append (as approving an approved correction)
         return jsonify({**decided, "reviewed_by": row["reviewed_by"], "reviewed_at": row["reviewed_at"],
                         "review_reason": row["review_reason"]})
@@ -132,16 +148,21 @@ def _measured_tokens_per_second(project: str, model: str) -> tuple[float | None,
 
 
 def _file_tokens(f: dict[str, Any]) -> int:
-    """A training file's tokens: from its stats, else (a file built from feedback is not measured) counted now,
-    as an upload counts them."""
+    """A training file's tokens: from its stats, else (a file built from feedback before they were measured)
+    counted once per content and remembered: an estimate a keystroke must not tokenize a file each time."""
     known = int(f["stats"].get("total_tokens") or 0)
     if known or not f["stats"].get("n_examples"):
         return known
+    return _counted(f["sha256"])
+
+
+@functools.lru_cache(maxsize=64)
+def _counted(sha256: str) -> int:
     from api.tokens import counter
     from domain.datasets import check_jsonl
 
     with svc().pool.connection() as c:
-        blob = c.execute("SELECT content FROM blobs WHERE sha256 = %s", (f["sha256"],)).fetchone()
+        blob = c.execute("SELECT content FROM blobs WHERE sha256 = %s", (sha256,)).fetchone()
     if blob is None:
         return 0
     try:

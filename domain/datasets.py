@@ -434,6 +434,38 @@ def dspy_examples(content: bytes) -> list[dict[str, Any]]:
 # ---- eval files (purpose "evals"): OpenAI's JSONL of {"item": {...}, "sample"?: {...}} ---------------------
 EVAL_LINE_KEYS = {"item", "sample"}
 MAX_EVAL_PROBLEMS = 50  # problems named in one error message (each with its line)
+MAX_EVAL_LINE_BYTES = 64 * 1024  # one item (with its sample): rendered into prompts and graded, so bounded
+MAX_EVAL_DEPTH = 32
+
+
+def _eval_value_problem(value: Any, depth: int = 0) -> str | None:
+    """What makes a parsed value unfit to store and render: too deep, or text with NUL (Postgres refuses it)."""
+    if depth > MAX_EVAL_DEPTH:
+        return f"nested deeper than {MAX_EVAL_DEPTH} levels"
+    if isinstance(value, str):
+        return "text holds a NUL character (\\u0000)" if "\x00" in value else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _eval_value_problem(k, depth + 1) or _eval_value_problem(v, depth + 1)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for v in value:
+            found = _eval_value_problem(v, depth + 1)
+            if found:
+                return found
+    return None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:40]} is too large a number")
+    return value
 
 
 def eval_lines(content: bytes, *, max_items: int,
@@ -457,9 +489,21 @@ def eval_lines(content: bytes, *, max_items: int,
         if n > max_items:
             problem(lineno, f"more than {max_items} items (the limit of one run)")
             break
-        value, category, detail = _parse(raw)
-        if category:
-            problem(lineno, CATEGORIES[category] + (f" ({detail})" if detail else ""))
+        if len(raw.encode()) > MAX_EVAL_LINE_BYTES:
+            problem(lineno, f"the line is over {MAX_EVAL_LINE_BYTES} bytes")
+            continue
+        try:
+            # NaN, Infinity and 1e999 are not JSON numbers, and Postgres could not store them
+            value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+        except RecursionError:
+            problem(lineno, CATEGORIES["too_deep"])
+            continue
+        except ValueError as e:
+            problem(lineno, f"{CATEGORIES['invalid_json']} ({getattr(e, 'msg', str(e))})")
+            continue
+        unfit = _eval_value_problem(value)
+        if unfit:
+            problem(lineno, unfit)
             continue
         if not isinstance(value, dict) or not isinstance(value.get("item"), dict):
             problem(lineno, 'each line must be a JSON object with an "item" object: {"item": {...}}')

@@ -75,3 +75,17 @@ def item_status(results: list[dict[str, Any]], sample_error: bool) -> str:
     if sample_error or any(r.get("error") for r in results):
         return "error"
     return "pass" if results and all(r.get("passed") for r in results) else "fail"
+
+
+def spec_sha256(data_source: dict[str, Any], items_sha256: str, models: dict[str, dict[str, Any]],
+                judges: list[str]) -> str:
+    """What makes two runs of an eval comparable, as one hash: the same items, prompt template, sampling and
+    judges (by the model ids they resolved to). The eval gate compares only runs with the same spec, so a model
+    can't win on an easier prompt, other items or a friendlier judge."""
+    import hashlib
+    import json
+
+    spec = {"type": data_source.get("type"), "items": items_sha256,
+            "input_messages": data_source.get("input_messages"), "sampling": data_source.get("sampling_params"),
+            "judges": {name: (models.get(name) or {}).get("id") for name in sorted(judges)}}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()

@@ -161,16 +161,25 @@ def _text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)  # objects, lists and null as JSON
 
 
+MAX_RENDERED = 256 * 1024  # characters of one rendered template (a prompt, an input or a reference)
+
+
 def render(text: str, ctx: dict) -> str:
     """Substitute each `{{ ns.path }}` with its value in ctx ({"item": ..., "sample": ...}). A missing path
     renders as ""; strings as-is; numbers and booleans plainly ("3", "0.5", "true"); other values (objects,
     lists, null) as JSON. A tag that is not a well-formed reference is left as written. One pass: a value
     that itself holds "{{item.x}}" is not rendered again."""
+    size = [len(text)]
+
     def substitute(match: re.Match) -> str:
         ref = _parse_ref(match.group(1))
         if ref is None:
             return match.group(0)
-        return _text(_lookup(ctx, ref))
+        out = _text(_lookup(ctx, ref))
+        size[0] += len(out)
+        if size[0] > MAX_RENDERED:  # 1,600 copies of a large field would be gigabytes
+            raise ValueError(f"the template renders to over {MAX_RENDERED} characters")
+        return out
     return _TAG.sub(substitute, text)
 
 

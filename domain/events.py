@@ -526,6 +526,7 @@ class EvalRunCreated(Event):
     metadata: dict[str, str] | None
     created_at: int
     trigger: dict[str, Any] | None = None  # auto_evaluate: {"reason", "job_id", "alias"}
+    spec_sha256: str | None = None  # items + template + sampling + judges (domain/eval_runs.spec_sha256)
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ def promotion_eval(v: Any) -> dict[str, Any]:
     if not isinstance(v, dict):
         raise ValidationError("promotion_eval must be an object {eval_id, criterion, must_beat_current, "
                               "min_pass_rate} or null", param="promotion_eval")
-    unknown = set(v) - PROMOTION_EVAL_KEYS
+    unknown = set(v) - PROMOTION_EVAL_KEYS - {"spec_sha256"}  # (derived from data_source by the API: never taken)
     if unknown:
         raise ValidationError(f"promotion_eval: unknown key(s) {', '.join(sorted(unknown))}",
                               param="promotion_eval." + sorted(unknown)[0])
@@ -141,7 +141,8 @@ def check_eval_gate(gate: dict[str, Any], alias: str, model: str, candidate: dic
     if gate.get("must_beat_current", True) and current_model is not None and current_model != model:
         if current is None:
             raise Conflict(f"promotion refused: the current target of {alias!r}, {current_model}, has no completed "
-                           f"run of eval {name} to compare with; run it first", param="model",
+                           f"run of eval {name} with the same items, prompt template, sampling and judges as "
+                           f"{model}'s run {candidate['id']}; run it the same way first", param="model",
                            code="promotion_refused")
         if not candidate["passed"] > current["passed"]:
             raise Conflict(f"promotion refused: {model} passed {candidate['passed']} of {candidate['total']} items "

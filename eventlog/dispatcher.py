@@ -73,6 +73,7 @@ class Dispatcher:
         self._redis: redis.Redis | None = None
         self._removed: set[str] = set()  # deleted models whose files are known to be removed
         self._removal_tries: dict[str, int] = {}
+        self._auto_tried: set[str] = set()  # models reconcile_auto_evaluate tried
         self.follow_check_seconds = 15.0  # delegated jobs' poll chains are checked this often (Redis reads)
         self._last_follow_check = float("-inf")
 
@@ -186,6 +187,7 @@ class Dispatcher:
                 if time.monotonic() - self._last_follow_check >= self.follow_check_seconds else None
         failures = 0
         if followed is not None:
+            failures += not self._safely(self.reconcile_auto_evaluate)
             self._last_follow_check = time.monotonic()
             for row in followed:
                 failures += not self._safely(self.ensure_polled, row["id"])
@@ -377,6 +379,27 @@ class Dispatcher:
         with self.svc.pool.connection() as c:
             c.execute("DELETE FROM leases WHERE job_id = %s AND attempt = %s", (run_id, state.attempt))
         log.warning("eval run %s attempt %s lost (%s)", run_id, state.attempt, reason)
+
+    def reconcile_auto_evaluate(self) -> None:
+        """A fine-tune registered since the project turned auto_evaluate on (its last settings change) without a
+        run of the gate's eval: the tail missed its ModelRegistered (a dispatcher restart or a failed round);
+        evaluate it now (the run ids are derived, so a race with the tail creates nothing twice)."""
+        with self.svc.pool.connection() as c:
+            missed = c.execute(
+                "SELECT m.id, m.project, m.base_model, m.backend, m.job_id, m.artifact_path FROM models m "
+                "JOIN project_settings s ON s.project = m.project "
+                "WHERE jsonb_typeof(s.settings -> 'promotion_eval') = 'object' "
+                "  AND s.settings ->> 'auto_evaluate' = 'true' AND m.job_id IS NOT NULL AND m.deleted_at IS NULL "
+                "  AND m.backend IN ('hf-lora', 'hf-full') AND m.created_at < extract(epoch FROM now()) - 30 "
+                "  AND m.created_at >= (SELECT extract(epoch FROM max(e.recorded_at)) FROM events e "
+                "    WHERE e.stream_id = 'project-' || m.project AND e.type = 'ProjectSettingsChanged') "
+                "  AND NOT EXISTS (SELECT 1 FROM eval_runs r WHERE r.project = m.project AND r.model = m.id "
+                "    AND r.eval_id = s.settings -> 'promotion_eval' ->> 'eval_id') "
+                "ORDER BY m.seq LIMIT 10").fetchall()
+        for row in missed:
+            if row["id"] not in self._auto_tried:  # one try per dispatcher: a model it can't evaluate is logged once
+                self._auto_tried.add(row["id"])
+                self.auto_evaluate(dict(row))
 
     def auto_evaluate(self, registered: dict) -> None:
         from eventlog.evals import auto_evaluate

@@ -22,14 +22,18 @@ def alias_target(c, project: str, alias: str) -> str | None:
     return DEFAULT_BASE if alias == DEFAULT_ALIAS else None
 
 
-def latest_run(c, project: str, eval_id: str, model: str, criterion: str) -> dict[str, Any] | None:
-    """{"id", "passed", "total"} of `model`'s latest completed run of the eval (None: no such run)."""
-    row = c.execute("SELECT id, total, per_criteria FROM eval_runs WHERE project = %s AND eval_id = %s AND model = %s "
-                    "AND status = 'completed' ORDER BY seq DESC LIMIT 1", (project, eval_id, model)).fetchone()
+def latest_run(c, project: str, eval_id: str, model: str, criterion: str,
+               spec: str | None = None) -> dict[str, Any] | None:
+    """{"id", "passed", "total", "spec"} of `model`'s latest completed run of the eval, with spec `spec` when
+    given (None: no such run)."""
+    row = c.execute("SELECT id, total, per_criteria, spec_sha256 FROM eval_runs WHERE project = %s AND eval_id = %s "
+                    "AND model = %s AND status = 'completed' AND (%s::text IS NULL OR spec_sha256 = %s) "
+                    "ORDER BY seq DESC LIMIT 1", (project, eval_id, model, spec, spec)).fetchone()
     if row is None:
         return None
     per = (row["per_criteria"] or {}).get(criterion) or {}
-    return {"id": row["id"], "passed": int(per.get("passed", 0)), "total": int(row["total"])}
+    return {"id": row["id"], "passed": int(per.get("passed", 0)), "total": int(row["total"]),
+            "spec": row["spec_sha256"]}
 
 
 def pending_run(c, project: str, eval_id: str, model: str) -> bool:
@@ -38,16 +42,29 @@ def pending_run(c, project: str, eval_id: str, model: str) -> bool:
 
 
 def gate_numbers(svc, project: str, gate: dict[str, Any], model: str, alias: str) -> dict[str, Any]:
+    """The runs the gate compares: the candidate's latest completed run (of the pinned spec, when the gate pins
+    one), and the current target's latest completed run of the same spec (same items, template, sampling and
+    judges). A current target no run can sample (deleted, a DSPy program, a provider's model) has nothing to
+    beat: `current_model` is None then, and `unrunnable` names it."""
     with svc.pool.connection() as c:
         current_model = alias_target(c, project, alias)
+        runnable = current_model is not None and _servable(c, project, current_model) is not None
+        candidate = latest_run(c, project, gate["eval_id"], model, gate["criterion"], gate.get("spec_sha256"))
+        current = latest_run(c, project, gate["eval_id"], current_model, gate["criterion"], candidate["spec"]) \
+            if candidate is not None and runnable and candidate["spec"] else None
         return {
-            "candidate": latest_run(c, project, gate["eval_id"], model, gate["criterion"]),
-            "current_model": current_model,
-            "current": latest_run(c, project, gate["eval_id"], current_model, gate["criterion"])
-            if current_model else None,
-            "current_pending": bool(current_model) and current_model != model
+            "candidate": candidate,
+            "current_model": current_model if runnable else None,
+            "unrunnable": None if runnable else current_model,
+            "current": current,
+            "current_pending": runnable and current_model != model
             and pending_run(c, project, gate["eval_id"], current_model),
         }
+
+
+def model_score(c, project: str, model: str) -> float | None:
+    row = c.execute("SELECT lineage FROM models WHERE id = %s AND project = %s", (model, project)).fetchone()
+    return ((row["lineage"] or {}).get("final_metrics") or {}).get("valid_loss") if row else None
 
 
 # ---- auto_evaluate: a run of the gate's eval when a fine-tune succeeds (started by the dispatcher) ----------
@@ -168,14 +185,20 @@ def auto_evaluate(svc, registered: dict[str, Any], log) -> list[str]:
     except DomainError as e:
         log.warning("auto_evaluate of %s: the data source is invalid: %s", model, e)
         return []
+    from domain.eval_runs import spec_sha256
+
+    judges = [c["model"] for c in ev_row["testing_criteria"] if c.get("type") in ("score_model", "label_model")]
+    shown = ({"type": "file_content", "content": []} if (ds.get("source") or {}).get("type") != "file_id"
+             else {"type": "file_id", "id": ds["source"].get("id")})
     for name, target, trigger in targets:
         run_id = auto_run_id(gate["eval_id"], name, model)
-        ds_run = {**{k: v for k, v in ds.items() if k != "model"}, "model": name, "type": "completions"}
+        ds_run = {**{k: v for k, v in ds.items() if k not in ("model", "source")}, "model": name, "type": "completions",
+                  "source": shown}
         ev = EvalRunCreated(id=run_id, eval_id=gate["eval_id"], project=project,
                             name=f"auto: {name} on {ev_row['name']}"[:256], data_source=ds_run, items_sha256=sha,
                             n_items=len(rows), model=target["id"], requested_model=name,
                             models={**models, name: target}, metadata=None, created_at=int(time.time()),
-                            trigger=trigger)
+                            trigger=trigger, spec_sha256=spec_sha256(ds_run, sha, models, judges))
         try:
             svc.store.append(eval_run_stream(run_id), 0, [NewEvent(ev.type, ev.to_data(), {
                 "actor": "auto_evaluate", "correlation_id": registered["job_id"]})])

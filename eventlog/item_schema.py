@@ -22,17 +22,45 @@ def _validator_class(schema: dict):
     return validator_for(schema, default=Draft202012Validator)
 
 
-def _remote_refs(node: Any, found: list[str]) -> list[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "$ref" and isinstance(value, str) and not value.startswith("#"):
-                found.append(value)
-            else:
-                _remote_refs(value, found)
-    elif isinstance(node, list):
-        for value in node:
-            _remote_refs(value, found)
-    return found
+# Keywords refused in an item schema, and why: each can make validating one item take minutes (a backtracking
+# regular expression, a reference that expands into itself, comparing every pair of a long array).
+REFUSED = {"pattern": "regular expressions can backtrack for hours on a crafted item",
+           "patternProperties": "regular expressions can backtrack for hours on a crafted item",
+           "$ref": "references can expand exponentially (and remote ones would be fetched)",
+           "$dynamicRef": "references can expand exponentially", "$recursiveRef": "references can expand exponentially",
+           "uniqueItems": "it compares every pair of an array's items"}
+SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+SCHEMA_ONE = ("not", "if", "then", "else", "additionalProperties", "contains", "propertyNames", "items",
+              "unevaluatedItems", "unevaluatedProperties", "additionalItems")
+MAX_SCHEMA_BYTES = 64 * 1024
+MAX_SCHEMA_DEPTH = 32
+CHECK_SECONDS = 10.0  # all the items of one request against the schema
+
+
+def _refused(node: Any, path: str, depth: int = 0) -> tuple[str, str] | None:
+    """The first refused keyword of a schema (walked as a schema: a property *named* "pattern" is fine)."""
+    if depth > MAX_SCHEMA_DEPTH:
+        return path, "nesting deeper than 32 levels"
+    if not isinstance(node, dict):
+        return None
+    for key in node:
+        if key in REFUSED:
+            return f"{path}.{key}", REFUSED[key]
+    for key in SCHEMA_MAPS:
+        sub = node.get(key)
+        if isinstance(sub, dict):
+            for name, child in sub.items():
+                found = _refused(child, f"{path}.{key}.{name}", depth + 1)
+                if found:
+                    return found
+    for key in SCHEMA_LISTS + SCHEMA_ONE:
+        sub = node.get(key)
+        for i, child in enumerate(sub if isinstance(sub, list) else [sub]):
+            found = _refused(child, f"{path}.{key}" + (f"[{i}]" if isinstance(sub, list) else ""), depth + 1)
+            if found:
+                return found
+    return None
 
 
 def check_item_schema(schema: Any) -> None:
@@ -54,10 +82,17 @@ def check_item_schema(schema: Any) -> None:
     except RecursionError:
         raise ValidationError("item_schema is nested too deeply", param=ITEM_SCHEMA_PARAM,
                               code="invalid_item_schema") from None
-    remote = _remote_refs(schema, [])
-    if remote:
-        raise ValidationError(f"item_schema $ref {remote[0]!r} points outside the schema; only local references "
-                              "('#/...') are supported", param=ITEM_SCHEMA_PARAM, code="invalid_item_schema")
+    try:
+        size = len(json.dumps(schema))
+    except (ValueError, RecursionError):
+        size = MAX_SCHEMA_BYTES + 1
+    if size > MAX_SCHEMA_BYTES:
+        raise ValidationError(f"item_schema is over {MAX_SCHEMA_BYTES} bytes", param=ITEM_SCHEMA_PARAM,
+                              code="invalid_item_schema")
+    found = _refused(schema, "item_schema")
+    if found:
+        raise ValidationError(f"{found[0]} is not supported in an eval's item_schema: {found[1]}",
+                              param=ITEM_SCHEMA_PARAM, code="invalid_item_schema")
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -93,8 +128,25 @@ class ItemChecker:
         from referencing import Registry
 
         self._validator = _validator_class(schema)(schema, registry=Registry())
+        self._spent = 0.0
 
     def errors(self, item: Any) -> list[str]:
+        """The item's problems; a 400 if checking this request's items has taken over CHECK_SECONDS in all."""
+        import time
+
+        if self._spent > CHECK_SECONDS:
+            raise ValidationError(f"checking the items against the eval's item_schema took over {CHECK_SECONDS:g} s; "
+                                  "simplify the schema or send fewer items", param=ITEM_SCHEMA_PARAM,
+                                  code="item_schema_too_slow")
+        started = time.monotonic()
+        try:
+            return self._errors(item)
+        except Exception as e:  # noqa: BLE001 - any failure of the check is the item's problem, never a 500
+            return [f"item: could not be checked against the schema ({type(e).__name__})"]
+        finally:
+            self._spent += time.monotonic() - started
+
+    def _errors(self, item: Any) -> list[str]:
         from jsonschema.exceptions import best_match, relevance
         from referencing.exceptions import Unresolvable
 

@@ -237,7 +237,7 @@ def program_state(demos: list[dict] | None = None, instructions: str = "Answer t
 
 
 def register_model(stack, project: str, job_id: str | None = None, model_id: str | None = None,
-                   base: str = "smollm2-135m-instruct") -> str:
+                   base: str = "smollm2-135m-instruct", artifact_path: str | None = None) -> str:
     """A registered fine-tuned model, as a succeeded job leaves it (the ModelRegistered event, no weights)."""
     import os
     import time
@@ -250,7 +250,7 @@ def register_model(stack, project: str, job_id: str | None = None, model_id: str
     store = EventStore(pool(stack.env["DATABASE_URL"]))
     store.append(f"model-{model_id}", 0, [NewEvent("ModelRegistered", {
         "id": model_id, "project": project, "base_model": base, "backend": "hf-lora", "job_id": job_id,
-        "artifact_path": f"artifacts/{job_id}/model", "created_at": int(time.time()),
+        "artifact_path": artifact_path or f"artifacts/{job_id}/model", "created_at": int(time.time()),
         "lineage": {"base_model": base, "job_id": job_id, "final_metrics": {}}}, {"actor": "test"})])
     wait_for(lambda: stack.sql("SELECT 1 FROM models WHERE id = %s", (model_id,)), 30, what="the model projected")
     return model_id

@@ -38,7 +38,8 @@ from eventlog.store import NewEvent
 from workers.jobs import Lease
 
 log = logging.getLogger("tunelog.evals")
-RETRY_SECONDS = 90.0  # a sample is retried this long while the serving tier is busy or restarting
+MAX_REFERENCED_MESSAGES = 32
+NO_ERROR = {"code": "", "message": ""}  # OpenAI's sample.error when there was none (as its run objects have it)
 
 
 def concurrency() -> int:
@@ -107,6 +108,7 @@ class Grading:
         self.created = state.created
         self.graded: dict[int, dict[str, Any]] = dict(state.graded)
         self._embed_lock = threading.Lock()
+        self.stopping = threading.Event()  # set when this attempt stops: samples waiting on the serving tier give up
 
     # ---- the parts -----------------------------------------------------------------------------------------
     def _eval(self) -> dict[str, Any]:
@@ -132,7 +134,6 @@ class Grading:
         model = self.created["models"][name]
         chat = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
                 for m in messages]
-        deadline = time.monotonic() + RETRY_SECONDS
         delay = 0.5
         while True:
             gen = Generation()
@@ -156,10 +157,13 @@ class Grading:
                         "usage": {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
                                   "total_tokens": gen.prompt_tokens + gen.completion_tokens, "cached_tokens": 0}}
             except (ServiceUnavailable, TooManyRequests) as e:
-                if time.monotonic() + delay > deadline or self.lease.lost.is_set():
+                # The serving tier busy or restarting is no fault of the item: wait for it (an item recorded as
+                # errored would count against the model at the gate). The attempt's loop stops this on a cancel
+                # or a lost lease; RQ's job timeout bounds the whole run.
+                if self.stopping.is_set():
                     raise
                 log.info("run %s: serving busy or down (%s); retrying in %.1f s", self.run_id, e, delay)
-                time.sleep(delay)
+                self.stopping.wait(delay)
                 delay = min(delay * 2, 10.0)
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
@@ -176,13 +180,33 @@ class Grading:
             value: Any = {"item": item}
             for part in spec["item_reference"].split("."):
                 value = value.get(part) if isinstance(value, dict) else None
-            if not isinstance(value, list) or not all(isinstance(m, dict) and isinstance(m.get("content"), str)
-                                                      for m in value):
-                raise ValueError(f"{spec['item_reference']} is not a list of messages with text content")
-            return [{"role": str(m.get("role", "user")), "content": m["content"]} for m in value]
+            if not isinstance(value, list) or not 1 <= len(value) <= MAX_REFERENCED_MESSAGES or not all(
+                    isinstance(m, dict) and isinstance(m.get("content"), str) and len(m["content"]) <= 16384
+                    and m.get("role", "user") in ("system", "developer", "user", "assistant") for m in value):
+                raise ValueError(f"{spec['item_reference']} is not a list of 1 to {MAX_REFERENCED_MESSAGES} messages "
+                                 "with a role (system, developer, user, assistant) and text content (16384 "
+                                 "characters at most)")
+            return [{"role": m.get("role", "user"), "content": m["content"]} for m in value]
         return [{"role": m["role"], "content": render(m["content"], {"item": item})} for m in spec["template"]]
 
     def grade_one(self, index: int, line: dict[str, Any], criteria: list[dict[str, Any]]) -> EvalItemGraded:
+        """The item's event; any failure of this item (its data, a grader) is this item's error, never the run's:
+        a poison item must not crash every attempt."""
+        from domain.errors import ServiceUnavailable, TooManyRequests
+
+        try:
+            return self._grade_one(index, line, criteria)
+        except (ServiceUnavailable, TooManyRequests):
+            raise  # only when the attempt is stopping
+        except Exception as e:  # noqa: BLE001
+            log.exception("run %s: item %s failed", self.run_id, index)
+            error = {"code": "item_failed", "message": f"{type(e).__name__}: {str(e)[:300]}"}
+            return EvalItemGraded(index=index, item=line["item"], sample=_sample(
+                model=self.created["data_source"].get("model") or "", error=error), results=[], status="error",
+                attempt=self.attempt, at=_now())
+
+    def _grade_one(self, index: int, line: dict[str, Any], criteria: list[dict[str, Any]]) -> EvalItemGraded:
+        from domain.errors import ServiceUnavailable, TooManyRequests
         from workers.graders import grade
 
         item = line["item"]
@@ -196,18 +220,18 @@ class Grading:
                 text = out["text"]
                 sample = {"input": messages, "output": [{"role": "assistant", "content": text}],
                           "finish_reason": out["finish_reason"], "model": out["model"], "usage": out["usage"],
-                          "error": None, "temperature": sampling["temperature"],
+                          "error": NO_ERROR, "temperature": sampling["temperature"],
                           "max_completion_tokens": sampling["max_completion_tokens"], "top_p": sampling["top_p"],
                           "seed": sampling["seed"]}
             except (DomainError, ValueError) as e:
+                if isinstance(e, (ServiceUnavailable, TooManyRequests)):
+                    raise
                 text = ""
                 error = {"code": getattr(e, "code", None) or "sample_failed", "message": str(e)[:500]}
-                sample = {"input": [], "output": [], "finish_reason": "error", "model": ds["model"],
-                          "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cached_tokens": 0},
-                          "error": error}
-        else:  # jsonl: the sample was given
+                sample = _sample(model=ds["model"], error=error)
+        else:  # jsonl: the sample was given (only its text counts: no usage or model of its own is believed)
             text = line["sample"]["output_text"]
-            sample = {**line["sample"], "output": [{"role": "assistant", "content": text}], "error": None}
+            sample = _sample(model="", output=text)
         results = []
         if error is None:
             ctx_sample = {k: v for k, v in line.get("sample", {}).items()} if ds["type"] == "jsonl" else {}
@@ -227,7 +251,14 @@ class Grading:
                               status=item_status(results, error is not None), attempt=self.attempt, at=_now())
 
     def _judge(self, model: str, messages: list[dict[str, str]], sampling: dict[str, Any] | None) -> str:
-        params = {"temperature": 0.0, "top_p": 1.0, "seed": 42, "max_completion_tokens": 16, **(sampling or {})}
+        from domain.evals_limits import MAX_SAMPLE_TOKENS
+
+        given = dict(sampling or {})
+        tokens = given.pop("max_completions_tokens", None) or given.pop("max_completion_tokens", None) or 16
+        params = {"temperature": 0.0, "top_p": 1.0, "seed": 42, **given,
+                  "max_completion_tokens": max(1, min(int(tokens), MAX_SAMPLE_TOKENS))}
+        if not isinstance(params.get("seed"), int) or not 0 <= params["seed"] < 2 ** 31:
+            params["seed"] = 42
         return self._generate(model, messages, params)["text"]
 
     # ---- the loop ------------------------------------------------------------------------------------------
@@ -290,6 +321,7 @@ class Grading:
             log.info("run %s attempt %s stops: %s", self.run_id, self.attempt, stop)
             return str(stop)
         finally:
+            self.stopping.set()
             for f in running:
                 f.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
@@ -305,6 +337,14 @@ class Grading:
         if trigger.get("auto_promote"):
             auto_promote(self.svc, self.created, trigger)
         return "completed"
+
+
+def _sample(model: str, output: str | None = None, error: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An output item's sample in OpenAI's shape, for a given (jsonl) answer or a failed one."""
+    return {"input": [], "output": [] if output is None else [{"role": "assistant", "content": output}],
+            "finish_reason": "error" if error else "stop", "model": model,
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cached_tokens": 0},
+            "error": error or NO_ERROR, "temperature": 0.0, "max_completion_tokens": 0, "top_p": 1.0, "seed": 0}
 
 
 def usage(graded) -> list[dict[str, Any]]:
@@ -325,10 +365,20 @@ def usage(graded) -> list[dict[str, Any]]:
 # ---- auto_promote: the candidate's run decides, once the current target's run (if any) has finished --------
 def auto_promote(svc: Services, created: dict[str, Any], trigger: dict[str, Any],
                  wait_seconds: float = 1800.0) -> None:
-    from eventlog.evals import gate_numbers, latest_settings
-
-    project, model, alias = created["project"], created["model"], trigger.get("alias") or "tutor"
+    """The same gate as POST /api/aliases (the eval gate and promotion_requires_better_eval), applied to the model
+    this run evaluated, on the alias the gate names now: AliasPromoted with the numbers when it wins; either way
+    a PromotionEvaluated on the run's stream says what was decided and why."""
+    from domain.errors import Conflict
+    from domain.projects import check_eval_gate, check_promotion
+    from eventlog.evals import _servable, gate_numbers, latest_settings, model_score
     from eventlog.runner import catch_up
+
+    project, model = created["project"], created["model"]
+    meta = {"actor": "auto_promote", "correlation_id": created["id"]}
+
+    def decided(promoted: bool, alias: str, reason: str) -> None:
+        ev = PromotionEvaluated(model=model, alias=alias, promoted=promoted, reason=reason[:2000], at=_now())
+        svc.store.append(eval_run_stream(created["id"]), None, [NewEvent(ev.type, ev.to_data(), meta)])
 
     deadline = time.monotonic() + wait_seconds
     while True:
@@ -336,37 +386,40 @@ def auto_promote(svc: Services, created: dict[str, Any], trigger: dict[str, Any]
         settings = latest_settings(svc, project)
         gate = settings.promotion_eval
         if not settings.auto_promote or gate is None or gate["eval_id"] != created["eval_id"]:
-            return
+            return decided(False, trigger.get("alias") or "tutor", "auto_promote is off, or the gate's eval changed")
+        alias = gate.get("alias", "tutor")
+        if alias != trigger.get("alias"):
+            return decided(False, alias, f"the gate's alias changed (from {trigger.get('alias')!r} to {alias!r}) "
+                                         "since this run was started; promote by hand")
         numbers = gate_numbers(svc, project, gate, model, alias)
         if numbers.get("current_pending") and time.monotonic() < deadline:
             time.sleep(2.0)  # the current target's run is still grading: compare with its result
             continue
         break
-    from domain.errors import Conflict
-    from domain.projects import check_eval_gate
-
     stream = alias_stream(project, alias)
-    meta = {"actor": "auto_promote", "correlation_id": created["id"]}
     for _ in range(10):
         version = svc.store.stream_version(stream)
         numbers = gate_numbers(svc, project, gate, model, alias)
+        current_model = numbers["current_model"] or numbers["unrunnable"]
+        if current_model == model:
+            return decided(False, alias, f"{model} is already the target of {alias!r}")
+        with svc.pool.connection() as c:
+            servable = _servable(c, project, model) is not None
+            scores = (model_score(c, project, model), model_score(c, project, current_model) if current_model
+                      else None)
         try:
+            if not servable:
+                raise Conflict(f"promotion refused: {model} no longer exists")
             why = check_eval_gate(gate, alias, model, numbers["candidate"], numbers["current_model"],
                                   numbers["current"])
+            check_promotion(settings, alias, model, scores[0], current_model or "(none)", scores[1])
         except Conflict as refused:
-            ev = PromotionEvaluated(model=model, alias=alias, promoted=False, reason=str(refused), at=_now())
-            svc.store.append(eval_run_stream(created["id"]), None, [NewEvent(ev.type, ev.to_data(), meta)])
-            return
-        if numbers["current_model"] == model:
-            return
+            return decided(False, alias, str(refused))
         reason = f"auto_promote after eval run {created['id']}: {why}"
-        promoted = AliasPromoted(project=project, alias=alias, model=model, previous=numbers["current_model"],
-                                 reason=reason, at=_now())
+        promoted = AliasPromoted(project=project, alias=alias, model=model, previous=current_model, reason=reason,
+                                 at=_now())
         try:
             svc.store.append(stream, version, [NewEvent(promoted.type, promoted.to_data(), meta)])
         except ConcurrencyConflict:
-            continue
-        ev = PromotionEvaluated(model=model, alias=alias, promoted=True, reason=reason, at=_now())
-        svc.store.append(eval_run_stream(created["id"]), None, [NewEvent(ev.type, ev.to_data(), meta)])
-        return
-
+            continue  # someone moved the alias meanwhile: decide again on what it is now
+        return decided(True, alias, reason)

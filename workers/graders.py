@@ -21,6 +21,7 @@ from typing import Any
 from domain.evals import SIMILARITY_METRICS, render, string_check
 from eventlog.item_schema import clip as _clip
 
+MAX_SIMILARITY_CHARS = 8000  # characters of each text a similarity metric compares (longer ones are cut)
 Generate = Callable[[str, list[dict], dict], str]
 Embed = Callable[[list[str]], Sequence[Sequence[float]]]
 
@@ -112,6 +113,7 @@ def similarity(metric: str, output: str, reference: str, *, embed: Embed | None 
     unless both texts are equal after stripping (1.0). Identical texts score 1.0 except where the metric
     itself says otherwise: meteor's fragmentation penalty keeps it just under 1 (0.996 for 5 words),
     bleu and rouge_n need at least 4 and n tokens respectively."""
+    output, reference = output[:MAX_SIMILARITY_CHARS], reference[:MAX_SIMILARITY_CHARS]  # rouge_l is quadratic
     if metric not in SIMILARITY_METRICS:
         raise ValueError(f"unknown evaluation_metric {metric!r}")
     if not output.strip() and not reference.strip():

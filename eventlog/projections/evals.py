@@ -39,10 +39,11 @@ class EvalsProjection:
                 conn.execute("UPDATE evals SET deleted_at = coalesce(deleted_at, %s) WHERE id = %s", (d["at"], d["id"]))
             elif e.type == "EvalRunCreated":
                 conn.execute(
-                    "INSERT INTO eval_runs (id, eval_id, project, name, model, requested_model, data_source, "
-                    "metadata, status, total, created_at, seq) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'queued', 0, %s, %s) ON CONFLICT (id) DO NOTHING",
+                    "INSERT INTO eval_runs (id, eval_id, project, name, model, requested_model, spec_sha256, "
+                    "data_source, metadata, status, total, created_at, seq) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'queued', 0, %s, %s) ON CONFLICT (id) DO NOTHING",
                     (d["id"], d["eval_id"], d["project"], d["name"], d.get("model"), d.get("requested_model"),
+                     d.get("spec_sha256"),
                      Jsonb(d["data_source"]), Jsonb(d["metadata"]) if d.get("metadata") is not None else None,
                      d["created_at"], e.global_position))
             elif e.type == "EvalRunStarted":

@@ -35,6 +35,7 @@ def upgrade() -> None:
           name text NOT NULL,
           model text,                -- the model id the samples came from (an alias resolved at creation)
           requested_model text,      -- as asked (an alias stays an alias here)
+          spec_sha256 text,          -- items + template + sampling + judges: the gate compares equal specs only
           data_source jsonb NOT NULL,
           metadata jsonb,
           status text NOT NULL,      -- queued | in_progress | completed | failed | canceled
@@ -53,7 +54,7 @@ def upgrade() -> None:
           seq bigint NOT NULL
         );
         CREATE INDEX eval_runs_eval_idx ON eval_runs (eval_id, seq);
-        CREATE INDEX eval_runs_model_idx ON eval_runs (project, model, seq);
+        CREATE INDEX eval_runs_model_idx ON eval_runs (project, eval_id, model, seq);
         CREATE INDEX eval_runs_open_idx ON eval_runs (status) WHERE status IN ('queued', 'in_progress');
 
         CREATE TABLE eval_output_items (
@@ -76,6 +77,15 @@ def upgrade() -> None:
                                   ADD COLUMN reviewed_at bigint,
                                   ADD COLUMN review_reason text;
         INSERT INTO projection_checkpoints (name, position) VALUES ('evals', 0) ON CONFLICT DO NOTHING;
+    """)
+    # Decisions made before this version, as the chat projection records them now (a replay gives the same rows):
+    # a correction approved as given was reviewed by its author; else the latest FeedbackApproved says who.
+    op.execute("""
+        UPDATE chat_feedback SET reviewed_by = actor, reviewed_at = created_at WHERE approved;
+        UPDATE chat_feedback f SET reviewed_by = a.data ->> 'actor', reviewed_at = (a.data ->> 'at')::bigint
+          FROM (SELECT DISTINCT ON (data ->> 'id') data FROM events WHERE type = 'FeedbackApproved'
+                ORDER BY data ->> 'id', global_position DESC) a
+         WHERE f.id = a.data ->> 'id';
     """)
 
 

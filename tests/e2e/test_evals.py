@@ -308,11 +308,12 @@ def test_the_eval_gate_accepts_a_better_model_and_refuses_a_worse_or_unevaluated
     c, key = client(stack, "admin", project="evals-gate")
     project = key["project"]
     adapters = random_adapters(stack.data_dir)
-    better = register_model(stack, project, model_id=f"ft:{BASE}:{project}:better:0001")
-    worse = register_model(stack, project, model_id=f"ft:{BASE}:{project}:worse:0002")
-    unevaluated = register_model(stack, project, model_id=f"ft:{BASE}:{project}:never:0003")
-    for model, adapter in ((better, "adapter-one"), (worse, "adapter-two"), (unevaluated, "adapter-one")):
-        stack.sql("UPDATE models SET artifact_path = %s WHERE id = %s", (adapters[adapter], model))
+    better = register_model(stack, project, model_id=f"ft:{BASE}:{project}:better:0001",
+                            artifact_path=adapters["adapter-one"])
+    worse = register_model(stack, project, model_id=f"ft:{BASE}:{project}:worse:0002",
+                           artifact_path=adapters["adapter-two"])
+    unevaluated = register_model(stack, project, model_id=f"ft:{BASE}:{project}:never:0003",
+                                 artifact_path=adapters["adapter-one"])
     questions = [f"Say a word about {w}." for w in ("cats", "rain", "maths", "trees", "music")]
     # what each model answers (temperature 0 is reproducible), then an eval the better one wins on
     probe, content = _exact_eval(c, questions, ["?"] * 5)
@@ -349,6 +350,12 @@ def test_the_eval_gate_accepts_a_better_model_and_refuses_a_worse_or_unevaluated
     assert r.json()["model"] == better and f"{passed[better]}/5" in r.json()["eval_gate"]
     r = promote(worse)  # now the current target is the better one
     assert r.status_code == 409
+    # a run made another way (here: shorter answers) is not compared with the current target's runs
+    other_way = {**_completions(worse, content), "sampling_params": {"temperature": 0, "max_completion_tokens": 2}}
+    assert wait_run(c, ev.id, c.evals.runs.create(ev.id, data_source=other_way).id).status == "completed"
+    r = promote(worse)
+    assert r.status_code == 409 and "with the same items, prompt template, sampling and judges" in \
+        r.json()["error"]["message"]
     # the gate's eval cannot be deleted while it gates
     assert stack.http("DELETE", f"/v1/evals/{ev.id}", key["key"]).status_code == 409
 
@@ -358,17 +365,32 @@ def test_the_eval_gate_accepts_a_better_model_and_refuses_a_worse_or_unevaluated
             "eval_id": ev.id, "criterion": "exact", "must_beat_current": True, "min_pass_rate": 0.0,
             "data_source": {k: v for k, v in _completions(BASE, content).items() if k != "model"}}})
     assert r.status_code == 200, r.text
-    loser = register_model(stack, project, model_id=f"ft:{BASE}:{project}:auto:0004", job_id="ftjob-auto0004")
-    stack.sql("UPDATE models SET artifact_path = %s WHERE id = %s", (adapters["adapter-two"], loser))
-    # (the artifact path is set right after registration: the run samples when its worker gets to it)
+    loser = register_model(stack, project, model_id=f"ft:{BASE}:{project}:auto:0004", job_id="ftjob-auto0004",
+                           artifact_path=adapters["adapter-two"])
     auto = wait_for(lambda: stack.sql("SELECT id FROM eval_runs WHERE model = %s AND eval_id = %s", (loser, ev.id)),
                     60, what="auto_evaluate's run")
     run = wait_run(c, ev.id, auto[0]["id"])
-    assert run.status == "completed"
+    assert run.status == "completed" and run.result_counts.errored == 0
+    assert run.result_counts.passed + run.result_counts.failed == 5
     decided = wait_for(lambda: stack.sql("SELECT data FROM events WHERE stream_id = %s AND type = "
                                          "'PromotionEvaluated'", (f"evalrun-{run.id}",)), 60, what="the decision")
     assert decided[0]["data"]["promoted"] is False and "promotion refused" in decided[0]["data"]["reason"]
     assert stack.http("GET", "/api/aliases/tutor", key["key"]).json()["model"] == better
+
+    # a winner: with the base back as the target, a model answering as `better` does is promoted automatically
+    gate = r.json()["promotion_eval"]
+    assert stack.http("PUT", "/api/settings", key["key"], json={"auto_evaluate": False, "auto_promote": False,
+                                                                "promotion_eval": None}).status_code == 200
+    assert promote(BASE).status_code == 200
+    assert stack.http("PUT", "/api/settings", key["key"], json={
+        "auto_evaluate": True, "auto_promote": True, "promotion_eval": gate}).status_code == 200
+    winner = register_model(stack, project, model_id=f"ft:{BASE}:{project}:auto:0005", job_id="ftjob-auto0005",
+                            artifact_path=adapters["adapter-one"])
+    wait_for(lambda: stack.http("GET", "/api/aliases/tutor", key["key"]).json()["model"] == winner, 120,
+             what="auto_promote moving tutor to the winner")
+    history = stack.http("GET", "/api/aliases/tutor/history", key["key"]).json()["data"]
+    assert history[-1]["model"] == winner and history[-1]["reason"].startswith("auto_promote after eval run")
+    assert f"passed {passed[better]}/5" in history[-1]["reason"] and history[-1]["actor"] == "auto_promote"
     stack.http("PUT", "/api/settings", key["key"], json={"auto_evaluate": False, "auto_promote": False,
                                                          "promotion_eval": None})
 

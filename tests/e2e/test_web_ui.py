@@ -3,6 +3,7 @@ answer, and a running job's loss chart updating from its event stream."""
 import shutil
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -84,3 +85,53 @@ def test_a_running_jobs_chart_updates_live(page, stack):
     finally:
         stack.http("POST", f"/v1/fine_tuning/jobs/{job['id']}/cancel", k)
         stack.wait_job(k, job["id"], {"cancelled", "succeeded", "failed"}, timeout=60)
+
+
+def test_the_key_is_kept_for_the_tab_unless_remembered_and_can_be_forgotten(page, stack):
+    k = stack.new_key("trainer")["key"]
+
+    def stored(pg=page):
+        return pg.evaluate("() => [sessionStorage.getItem('tunelog-key'), localStorage.getItem('tunelog-key')]")
+
+    login(page, stack, k, "#jobs")
+    page.wait_for_selector("#jobs-table")
+    assert stored() == [k, None]  # this tab only: a shared classroom computer forgets it with the tab
+    other = page.context.new_page()
+    other.goto(stack.base_url + "/#chat")
+    assert other.input_value("#api-key") == "" and "Enter an API key" in other.inner_text("#error")
+
+    # ids of dots only are no ids: #jobs/.. would send the key to other paths
+    paths: list[str] = []
+    page.on("request", lambda r: paths.append(urlparse(r.url).path))
+    for bad in ("..", "%2E%2E", "."):
+        page.evaluate("(h) => { location.hash = h; }", "#jobs/" + bad)
+        page.wait_for_timeout(300)
+    assert page.is_hidden("#job-detail")
+    assert paths and set(paths) <= {"/v1/fine_tuning/jobs"}, paths
+
+    # remembered on this device: another tab has it; "Forget key" clears both stores
+    page.check("#remember-key")
+    page.click("#key-form button")
+    assert stored() == [None, k]
+    other.reload()
+    assert other.input_value("#api-key") == k and other.is_checked("#remember-key")
+    with page.expect_navigation():
+        page.click("#forget-key")
+    assert stored() == [None, None]
+    assert page.input_value("#api-key") == "" and not page.is_checked("#remember-key")
+    assert "Enter an API key" in page.inner_text("#error")
+    other.close()
+
+
+def test_the_loss_chart_draws_a_long_job_with_bounded_points(page, stack):
+    login(page, stack, stack.new_key("trainer")["key"], "#jobs")
+    page.wait_for_selector("#jobs-table")
+    # 200,000 points (Math.max(...points) threw past about 100,000): drawn from at most about 1,000 of them
+    drawn = page.evaluate("""() => {
+        const points = Array.from({ length: 200000 }, (_, i) => ({ step: i + 1, train: 1 / (i + 1), valid: null }));
+        drawChart(points);
+        const chart = document.querySelector('#loss-chart');
+        return { n: chart.dataset.points, coords: chart.querySelector('polyline.train').getAttribute('points')
+          .split(' ').length, dots: chart.querySelectorAll('circle').length };
+    }""")
+    assert drawn["n"] == "200000" and 1000 <= drawn["coords"] <= 1001 and drawn["dots"] == 0

@@ -106,8 +106,19 @@ def project(stack):
     _post(stack, k, f"/v1/fine_tuning/jobs/{job_id}/cancel")
     doc_id = _post(stack, k, "/api/documents", json={"title": "Leaves", "text": "Leaves are green. " * 80})["id"]
     _post(stack, k, "/api/aliases/fuzzed", json={"model": BASE, "reason": "seed"})
+    eval_id = _post(stack, k, "/v1/evals", json={
+        "data_source_config": {"type": "custom", "item_schema": {"type": "object"}},
+        "testing_criteria": [{"type": "string_check", "name": "x", "input": "{{sample.output_text}}",
+                              "reference": "{{item.answer}}", "operation": "eq"}]})["id"]
+    run_id = _post(stack, k, f"/v1/evals/{eval_id}/runs", json={"data_source": {"type": "jsonl", "source": {
+        "type": "file_content", "content": [{"item": {"answer": "4"}, "sample": {"output_text": "4"}}]}}})["id"]
+    deadline = time.monotonic() + 60
+    while not (items := stack.http("GET", f"/v1/evals/{eval_id}/runs/{run_id}/output_items", k).json()["data"]):
+        assert time.monotonic() < deadline, "the seed run was not graded"
+        time.sleep(0.3)
     seeds = {"file_id": file_id, "job_id": job_id, "document_id": doc_id, "alias": "fuzzed", "model_id": "fuzzed",
-             "name": "app.js", "key_id": trainer["id"]}
+             "name": "app.js", "key_id": trainer["id"], "eval_id": eval_id, "run_id": run_id,
+             "item_id": items[0]["id"]}
     return {"trainer": k, "admin": admin["key"], "seeds": seeds}
 
 

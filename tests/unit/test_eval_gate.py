@@ -22,7 +22,7 @@ def test_a_better_model_passes_the_gate_with_its_numbers_in_the_reason():
     (None, run("r1", 6), "has no completed run of eval eval_1"),
     (run("r2", 4), run("r1", 2), "pass rate 0.40"),  # under min_pass_rate
     (run("r2", 6), run("r1", 6), "not more than ft:old's 6 of 10"),  # a tie does not win
-    (run("r2", 7), None, "ft:old, has no completed run of eval eval_1 to compare with"),
+    (run("r2", 7), None, "ft:old, has no completed run of eval eval_1 with the same items"),
 ])
 def test_the_gate_refuses_with_409_promotion_refused_and_the_numbers(candidate, current, words):
     with pytest.raises(Conflict) as e:

@@ -318,16 +318,32 @@ def test_validate_eval_update():
 def test_check_item_schema():
     check_item_schema(SCHEMA)
     check_item_schema({"$schema": "http://json-schema.org/draft-07/schema#", "type": "object",
-                       "definitions": {"s": {"type": "string"}}, "properties": {"a": {"$ref": "#/definitions/s"}}})
+                       "properties": {"pattern": {"type": "string"}, "$ref": {"type": "string"}}})  # names, fine
     for bad, fragment in [({"type": "strin"}, "item_schema.type is not a valid JSON Schema"),
-                          ({"properties": {"a": {"pattern": "("}}}, "'(' is not a 'regex'"),
-                          ({"properties": {"a": {"$ref": "https://example.com/s.json"}}}, "points outside the schema"),
+                          ({"properties": {"a": {"pattern": "^(a+)+$"}}}, "item_schema.properties.a.pattern is not "
+                                                                         "supported"),
+                          ({"patternProperties": {"^x": {"type": "string"}}}, "regular expressions can backtrack"),
+                          ({"properties": {"a": {"$ref": "https://example.com/s.json"}}}, "references can expand"),
+                          ({"$defs": {"n": {"anyOf": [{"$ref": "#/$defs/n"}, {"$ref": "#/$defs/n"}]}}},
+                           "item_schema.$defs.n.anyOf[0].$ref"),
+                          ({"type": "array", "uniqueItems": True}, "compares every pair"),
+                          ({"properties": {"a": {"enum": ["x" * 70000]}}}, "over 65536 bytes"),
                           ([], "must be a JSON Schema object")]:
         with pytest.raises(ValidationError) as e:
             check_item_schema(bad)
         assert e.value.code == "invalid_item_schema"
         assert e.value.param == "data_source_config.item_schema"
         assert fragment in e.value.message
+
+
+def test_item_checker_never_raises_and_is_bounded_in_time():
+    assert ItemChecker({"multipleOf": 0.1}).errors(10 ** 400) == [
+        "item: could not be checked against the schema (OverflowError)"]
+    checker = ItemChecker({"type": "object"})
+    checker._spent = 11.0
+    with pytest.raises(ValidationError) as e:
+        checker.errors({})
+    assert e.value.code == "item_schema_too_slow"
 
 
 def test_item_checker_messages_best_first_at_most_five():
@@ -354,7 +370,7 @@ def test_item_checker_details():
     assert ItemChecker({"type": "string", "format": "email"}).errors("not an email") == []  # formats not asserted
     long = ItemChecker({"type": "object", "properties": {"n": {"type": "integer"}}}).errors({"n": "x" * 1000})[0]
     assert len(long) < 320 and long.endswith("is not of type 'integer'")
-    dangling = ItemChecker({"$ref": "#/$defs/missing"}).errors(1)
+    dangling = ItemChecker({"$ref": "#/$defs/missing"}).errors(1)  # (check_item_schema refuses $ref first)
     assert len(dangling) == 1 and "cannot be resolved" in dangling[0]
 
 

@@ -7,11 +7,17 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { key: localStorage.getItem("tunelog-key") || "", jobStream: null, jobId: null, models: [],
-  evalId: null, runs: "", runsActive: false, candidate: null, current: null };
+// The API key is kept for this tab only (sessionStorage: gone when the tab closes, for shared classroom
+// computers), or on this device (localStorage) when "remember on this device" is ticked; "Forget key" clears both.
+const KEY_NAME = "tunelog-key";
+const state = { key: sessionStorage.getItem(KEY_NAME) || localStorage.getItem(KEY_NAME) || "", jobStream: null,
+  jobId: null, models: [], evalId: null, runs: "", runsActive: false, candidate: null, current: null,
+  preferFile: null, reviewAfter: null, reviewSeq: 0 };
 let uid = 0;  // ids that tie a <label> to its field in rows built at run time
 const SVG_NS = "http://www.w3.org/2000/svg";
 const ID_RE = /^[A-Za-z0-9_.:-]{1,200}$/;
+// an id from the page's address, put into an API path: "." and ".." (any run of dots only) would step out of it
+const validId = (id) => typeof id === "string" && ID_RE.test(id) && !/^\.+$/.test(id);
 
 // Attributes an element may get from el()/svg(): event handlers go through addEventListener, and a link
 // may only point inside this page (#...), so no untrusted value can become script or a navigation.
@@ -224,24 +230,108 @@ function questionOf(f) {
   return users.length ? users[users.length - 1].content : "";
 }
 
+const REVIEW_PAGE = 100;  // pending corrections fetched at a time ("Load more" fetches the next ones)
+const TRAINED_ROLES = ["system", "user", "assistant"];
+const COLLAPSE_OVER = 6;  // a longer conversation's earlier messages are folded behind a <details>
+
 async function loadReview() {
+  const seq = ++state.reviewSeq;
   const get = (status, n) => api(`/api/chat/feedback?status=${status}&limit=${n}`).then((r) => r.json());
-  const [pending, approved, rejected] = await Promise.all([get("pending", 100), get("approved", 50), get("rejected", 50)]);
-  $("#review-pending-count").textContent = pending.data.length + (pending.has_more ? "+" : "");
+  const [pending, approved, rejected] = await Promise.all([get("pending", REVIEW_PAGE), get("approved", 50), get("rejected", 50)]);
+  if (seq !== state.reviewSeq) return;
   $("#review-pending").replaceChildren(...(pending.data.length ? pending.data.map(reviewCard)
     : [el("p", { class: "hint" }, "Nothing waits for review.")]));
+  showMorePending(pending);
   $("#review-approved").replaceChildren(...approved.data.map((f) => decidedItem(f, "approved")));
   $("#review-rejected").replaceChildren(...rejected.data.map((f) => decidedItem(f, "rejected")));
+}
+
+function showMorePending(page) {
+  state.reviewAfter = page.has_more && page.data.length ? (page.last_id || page.data[page.data.length - 1].id) : null;
+  $("#review-more").hidden = !state.reviewAfter;
+  $("#review-pending-count").textContent = document.querySelectorAll("#review-pending .review-item").length
+    + (state.reviewAfter ? "+" : "");
+}
+
+async function loadMorePending() {
+  const after = state.reviewAfter, seq = state.reviewSeq;
+  if (!after) return;
+  const button = $("#review-more");
+  button.disabled = true;
+  try {
+    const page = await (await api(`/api/chat/feedback?status=pending&limit=${REVIEW_PAGE}&after=${enc(after)}`)).json();
+    if (seq !== state.reviewSeq || state.reviewAfter !== after) return;  // the queue was reloaded meanwhile
+    const shown = new Set([...document.querySelectorAll("#review-pending .review-item")].map((n) => n.dataset.feedback));
+    $("#review-pending").append(...page.data.filter((f) => !shown.has(f.id)).map(reviewCard));
+    showMorePending(page);
+    const next = document.querySelectorAll("#review-pending .review-item")[shown.size];
+    if (next) next.querySelector("button.approve").focus();  // the keyboard lands on the first card loaded
+    showError("");
+  } catch (e) { showError(e.message); }
+  finally { button.disabled = false; }
+}
+
+// What a training file built from this correction holds, as api/chat.py builds it: every system, user and
+// assistant message the correction carries (the pupil's own request: they may have written a system prompt
+// or made-up assistant turns), its trailing assistant answer replaced by the suggested one.
+function trainedOf(f) {
+  const all = Array.isArray(f.messages) ? f.messages : [];
+  const convo = all.filter((m) => m && typeof m === "object" && TRAINED_ROLES.includes(m.role));
+  const replaced = [];
+  while (convo.length && convo[convo.length - 1].role === "assistant") replaced.unshift(convo.pop());
+  return { convo, replaced, dropped: all.length - convo.length - replaced.length };
+}
+
+const contentText = (m) => (typeof m.content === "string" ? m.content : JSON.stringify(m.content ?? ""));
+const TURN_LABEL = {
+  system: "system: a system message the pupil sent (it is trained as the model's instructions)",
+  user: "user: sent by the pupil",
+  assistant: "assistant: an earlier answer the pupil sent (it may not be the model's; it is trained as one)",
+};
+
+function turnItem(m, isQuestion) {
+  const role = TRAINED_ROLES.includes(m.role) ? m.role : "user";
+  return el("li", { class: `turn turn-${role}${role === "user" ? "" : " warn"}`, dataset: { role } },
+    el("span", { class: "turn-role" }, TURN_LABEL[role]),
+    el("span", { class: "turn-text" + (isQuestion ? " question" : "") }, contentText(m)));
+}
+
+function trainedList(f) {
+  const { convo, replaced, dropped } = trainedOf(f);
+  let lastUser = -1;
+  convo.forEach((m, i) => { if (m.role === "user") lastUser = i; });
+  const items = convo.map((m, i) => turnItem(m, i === lastUser));
+  const answer = el("li", { class: "turn turn-suggested", dataset: { role: "assistant" } },
+    el("span", { class: "turn-role" }, "assistant: the suggested answer"),
+    el("span", { class: "turn-text suggested" }, f.corrected_answer || ""));
+  const parts = [];
+  if (!convo.length) parts.push(el("p", { class: "hint" }, "No conversation was stored with it: only the suggested answer is trained."));
+  if (items.length > COLLAPSE_OVER) {
+    // the earlier messages folded, the last one shown; the summary (a keyboard stop) says what is folded
+    const earlier = convo.slice(0, -1);
+    const system = earlier.filter((m) => m.role === "system").length;
+    const assistant = earlier.filter((m) => m.role === "assistant").length;
+    const warn = [system ? `${system} system message${system === 1 ? "" : "s"}` : "",
+      assistant ? `${assistant} assistant turn${assistant === 1 ? "" : "s"}` : ""].filter((x) => x).join(" and ");
+    parts.push(el("details", { class: "trained-earlier" + (warn ? " warn" : "") },
+      el("summary", {}, `Show the ${earlier.length} earlier messages` + (warn ? ` (including ${warn} the pupil sent)` : "")),
+      el("ol", { class: "trained" }, items.slice(0, -1))));
+    parts.push(el("ol", { class: "trained", start: earlier.length + 1 }, items[items.length - 1], answer));
+  } else parts.push(el("ol", { class: "trained" }, items, answer));
+  if (dropped > 0) parts.push(el("p", { class: "hint" }, `${dropped} other message(s) (not system, user or assistant) are not trained.`));
+  return { parts, count: convo.length + 1, replaced };
 }
 
 function reviewCard(f) {
   const reasonId = "reason-" + (++uid);
   const reason = el("input", { id: reasonId, class: "reason", autocomplete: "off", maxlength: 2000 });
+  const trained = trainedList(f);
+  const replaced = f.answer != null ? f.answer : trained.replaced.map(contentText).join("\n\n");
   return el("article", { class: "review-item card", dataset: { feedback: f.id } },
+    el("h3", { class: "trained-title" }, `What approving it trains: ${trained.count} message${trained.count === 1 ? "" : "s"}, in order`),
+    trained.parts,
     el("dl", {},
-      el("dt", {}, "Question"), el("dd", { class: "question" }, questionOf(f) || "(not stored)"),
-      el("dt", {}, "Model's answer"), el("dd", { class: "answer" }, f.answer || "(not stored)"),
-      el("dt", {}, "Suggested answer"), el("dd", { class: "suggested" }, f.corrected_answer || ""),
+      el("dt", {}, "Model's answer (replaced, not trained)"), el("dd", { class: "answer" }, replaced || "(not stored)"),
       f.comment ? [el("dt", {}, "Comment"), el("dd", {}, f.comment)] : null,
       el("dt", {}, "From"), el("dd", {}, `${f.actor || "?"}, ${fmtTime(f.created_at)}`)),
     el("div", { class: "row" },
@@ -263,11 +353,14 @@ function decidedItem(f, kind) {
 
 async function decide(id, action, reason) {
   try {
-    await api(`/api/chat/feedback/${enc(id)}/${action}`, { method: "POST",
-      json: action === "reject" ? { reason: (reason || "").trim() || null } : {} });
+    const r = await (await api(`/api/chat/feedback/${enc(id)}/${action}`, { method: "POST",
+      json: action === "reject" ? { reason: (reason || "").trim() || null } : {} })).json();
+    state.preferFile = null;  // a file built before this decision is not what the Train page should offer first
+    const files = Array.isArray(r.in_files) ? r.in_files.map(String) : [];
     $("#review-status").textContent = action === "approve"
       ? "Approved: it goes into the next training file built from feedback (Data page)."
-      : "Rejected: it stays out of training files.";
+      : "Rejected: it is left out of training files built from now on; files already built keep it."
+        + (files.length ? ` It is already in ${files.join(", ")}.` : "");
     showError("");
     await loadReview();
   } catch (e) { showError(e.message); }
@@ -463,24 +556,44 @@ function jobIdFromHash() {
   if (!raw) return null;
   let id;
   try { id = decodeURIComponent(raw); } catch (e) { return null; }
-  return ID_RE.test(id) ? id : null;
+  return validId(id) ? id : null;
+}
+
+const MAX_EVENTS_LISTED = 500;  // the job page lists a job's latest events, not all of them
+const MAX_CHART_POINTS = 1000;  // a long job's curve is drawn from at most this many points
+const finite = (v) => typeof v === "number" && isFinite(v);
+
+// every stride-th point (and always the last): a curve of a bounded number of points, however long the job
+function downsample(points, max) {
+  if (points.length <= max) return points;
+  const stride = Math.ceil(points.length / max);
+  const out = [];
+  for (let i = 0; i < points.length; i += stride) out.push(points[i]);
+  if (out[out.length - 1] !== points[points.length - 1]) out.push(points[points.length - 1]);
+  return out;
 }
 
 function drawChart(points) {
   const chart = $("#loss-chart");
   const W = 600, H = 240, P = 30;
-  const all = points.flatMap((p) => [p.train, p.valid].filter((v) => typeof v === "number" && isFinite(v)));
   chart.dataset.points = String(points.length);
-  if (!all.length) { chart.replaceChildren(); return; }
-  const maxStep = Math.max(...points.map((p) => p.step), 1);
-  const lo = Math.min(...all), hi = Math.max(...all);
+  // bounds with a loop: Math.max(...array) throws on a long array
+  let maxStep = 1, lo = Infinity, hi = -Infinity;
+  for (const p of points) {
+    if (!finite(p.step)) continue;
+    if (p.step > maxStep) maxStep = p.step;
+    for (const v of [p.train, p.valid]) if (finite(v)) { if (v < lo) lo = v; if (v > hi) hi = v; }
+  }
+  if (lo > hi) { chart.replaceChildren(); return; }
+  const shown = downsample(points.filter((p) => finite(p.step)), MAX_CHART_POINTS);
   const x = (s) => P + (W - 2 * P) * (maxStep === 1 ? 0.5 : (s - 1) / (maxStep - 1));
   const y = (v) => H - P - (H - 2 * P) * (hi === lo ? 0.5 : (v - lo) / (hi - lo));
   const line = (key, color) => {
-    const pts = points.filter((p) => typeof p[key] === "number" && isFinite(p[key])).map((p) => [x(p.step), y(p[key])]);
+    const pts = shown.filter((p) => finite(p[key])).map((p) => [x(p.step), y(p[key])]);
     return [svg("polyline", { class: key, fill: "none", stroke: color, "stroke-width": 2,
       points: pts.map(([px, py]) => `${px.toFixed(1)},${py.toFixed(1)}`).join(" ") }),
-    ...pts.map(([px, py]) => svg("circle", { cx: px.toFixed(1), cy: py.toFixed(1), r: 2.5, fill: color }))];
+    // a dot per point while they are few enough to tell apart
+    ...(pts.length <= 200 ? pts.map(([px, py]) => svg("circle", { cx: px.toFixed(1), cy: py.toFixed(1), r: 2.5, fill: color })) : [])];
   };
   chart.replaceChildren(
     svg("line", { x1: P, y1: H - P, x2: W - P, y2: H - P, stroke: "#99a" }),
@@ -535,6 +648,13 @@ async function openJob(id) {
   $("#job-loss").textContent = "–";
   const points = [];
   drawChart(points);
+  // a job with many events: the chart is redrawn at most once a frame, and only the latest events are listed
+  let frame = 0;
+  const redraw = () => {
+    if (frame) return;
+    frame = requestAnimationFrame(() => { frame = 0; if (state.jobStream === ctrl) drawChart(points); });
+  };
+  const events = $("#job-events");
   const path = encodeURIComponent(id);
   const refreshInfo = () => api(`/v1/fine_tuning/jobs/${path}`, { signal: ctrl.signal }).then((r) => r.json())
     .then((j) => { if (state.jobStream === ctrl) showJobInfo(j); })
@@ -556,14 +676,15 @@ async function openJob(id) {
       setJobStatus(e.status);
       if (event === "end") { refreshInfo(); return; }
       if (event !== "job") return;
-      $("#job-events").prepend(el("li", {}, e.message));
+      events.prepend(el("li", {}, e.message));
+      while (events.childElementCount > MAX_EVENTS_LISTED) events.lastElementChild.remove();
       if (e.type === "metrics" && e.data) {
         // a DSPy job's evaluations carry a score (higher is better), drawn where a validation loss would be
         const dspy = e.data.trial !== undefined && e.data.trial !== null;
         points.push({ step: e.data.step, train: e.data.train_loss, valid: dspy ? e.data.score : e.data.valid_loss });
         $("#job-step").textContent = String(e.data.step);
         $("#job-loss").textContent = fmtNum(dspy ? e.data.score : e.data.train_loss, 4) || "–";
-        drawChart(points);
+        redraw();
       }
       }, ctrl.signal);
     }
@@ -793,12 +914,23 @@ async function addDocument(ev) {
 
 // ---- wiring -------------------------------------------------------------------------------------------
 $("#api-key").value = state.key;
+$("#remember-key").checked = !!localStorage.getItem(KEY_NAME);
 $("#key-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   state.key = $("#api-key").value.trim();
-  localStorage.setItem("tunelog-key", state.key);
+  const [keep, drop] = $("#remember-key").checked ? [localStorage, sessionStorage] : [sessionStorage, localStorage];
+  drop.removeItem(KEY_NAME);
+  if (state.key) keep.setItem(KEY_NAME, state.key); else keep.removeItem(KEY_NAME);
   showPage();
 });
+$("#forget-key").addEventListener("click", () => {
+  sessionStorage.removeItem(KEY_NAME);
+  localStorage.removeItem(KEY_NAME);
+  if (state.jobStream) state.jobStream.abort();
+  // a fresh page: nothing read with the key stays on screen
+  location.reload();
+});
+$("#review-more").addEventListener("click", loadMorePending);
 $("#chat-form").addEventListener("submit", sendChat);
 $("#promote-form").addEventListener("submit", promote);
 $("#promote-alias").addEventListener("change", () => loadHistory($("#promote-alias").value.trim()));
