@@ -351,6 +351,8 @@ def test_the_eval_gate_accepts_a_better_model_and_refuses_a_worse_or_unevaluated
     r = promote(worse)  # now the current target is the better one
     assert r.status_code == 409
     # a run made another way (here: shorter answers) is not compared with the current target's runs
+    assert stack.http("PUT", "/api/settings", key["key"], json={"promotion_eval": {
+        "eval_id": ev.id, "criterion": "exact", "must_beat_current": True, "min_pass_rate": 0.0}}).status_code == 200
     other_way = {**_completions(worse, content), "sampling_params": {"temperature": 0, "max_completion_tokens": 2}}
     assert wait_run(c, ev.id, c.evals.runs.create(ev.id, data_source=other_way).id).status == "completed"
     r = promote(worse)
