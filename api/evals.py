@@ -34,7 +34,7 @@ from eventlog.store import NewEvent
 
 bp = Blueprint("evals", __name__, url_prefix="/v1")
 SERVED_BACKENDS = {"hf-base", "hf-lora", "hf-full"}  # what a run can sample or ask to judge (the serving tier)
-MAX_OPEN_RUNS = 8  # queued or in-progress runs of one project: one project can't take the cpu queue
+MAX_OPEN_RUNS = 32  # queued or in-progress runs of one project: one project cannot fill the cpu queue
 
 
 # ---- objects as OpenAI answers them ------------------------------------------------------------------------
