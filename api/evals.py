@@ -116,17 +116,28 @@ def _models_of(criteria: list[dict[str, Any]], project: str) -> dict[str, dict[s
     return out
 
 
-def _servable(project: str, name: str, param: str) -> dict[str, Any]:
+def _servable(project: str, name: str, param: str, program_ok: bool = False) -> dict[str, Any]:
+    """What a run samples (`program_ok`: a DSPy program too, through the model it runs on) or asks to judge."""
     try:
         r = resolve(project, name)
     except NotFound:
         raise ValidationError(f"the model {name!r} does not exist in this project (nor an alias of that name)",
                               param=param, code="model_not_found") from None
+    if r.backend == "dspy-program" and program_ok:
+        from eventlog.evals import program_target
+
+        with svc().pool.connection() as c:
+            row = c.execute("SELECT id, base_model, lineage FROM models WHERE id = %s AND project = %s",
+                            (r.id, project)).fetchone()
+            target = program_target(c, project, row, r.alias) if row else None
+        if target is None:
+            raise ValidationError(f"the program {name!r} runs on {row['base_model'] if row else '?'!r}, which is "
+                                  "gone or not a model of the serving tier", param=param, code="model_not_available")
+        return target
     if r.backend not in SERVED_BACKENDS:
-        raise ValidationError(f"the model {name!r} is served by {r.backend!r}: evaluation runs sample and judge "
-                              "with the models of the serving tier (base models and local fine-tunes); DSPy "
-                              "programs and provider models are not supported in runs yet", param=param,
-                              code="model_not_supported")
+        raise ValidationError(f"the model {name!r} is served by {r.backend!r}: evaluation runs sample base models, "
+                              "local fine-tunes and DSPy programs, and judge with the first two; provider models "
+                              "are not supported in runs yet", param=param, code="model_not_supported")
     return {"id": r.id, "alias": r.alias, "backend": r.backend, "base_model": r.base_model,
             "artifact_path": r.artifact_path}
 
@@ -283,7 +294,7 @@ def plan_run(project: str, eval_row: dict[str, Any], data_source: Any) -> dict[s
         if not isinstance(name, str) or not name:
             raise ValidationError("data_source.model is required: a model id or alias of this project",
                                   param="data_source.model")
-        target = _servable(project, name, "data_source.model")
+        target = _servable(project, name, "data_source.model", program_ok=True)
         models[name] = target
         messages = input_messages(data_source.get("input_messages"))
         sampling = sampling_params(data_source.get("sampling_params"))

@@ -71,7 +71,7 @@ def model_score(c, project: str, model: str) -> float | None:
 SERVED_BACKENDS = {"hf-base", "hf-lora", "hf-full"}
 
 
-def _servable(c, project: str, name: str) -> dict[str, Any] | None:
+def _servable(c, project: str, name: str, programs: bool = True) -> dict[str, Any] | None:
     """A model of the serving tier by id or alias (the subset of api/registry.resolve a run can sample)."""
     from eventlog.catalog import BASE_MODELS
 
@@ -82,11 +82,25 @@ def _servable(c, project: str, name: str) -> dict[str, Any] | None:
             alias, name = name, target
     if name in BASE_MODELS:
         return {"id": name, "alias": alias, "backend": "hf-base", "base_model": name, "artifact_path": None}
-    row = c.execute("SELECT id, backend, base_model, artifact_path FROM models WHERE id = %s AND project = %s AND "
-                    "deleted_at IS NULL", (name, project)).fetchone()
+    row = c.execute("SELECT id, backend, base_model, artifact_path, lineage FROM models WHERE id = %s AND "
+                    "project = %s AND deleted_at IS NULL", (name, project)).fetchone()
+    if row is not None and row["backend"] == "dspy-program":
+        return program_target(c, project, row, alias) if programs else None
     if row is None or row["backend"] not in SERVED_BACKENDS:
         return None
-    return {**row, "alias": alias}
+    return {"id": row["id"], "backend": row["backend"], "base_model": row["base_model"],
+            "artifact_path": row["artifact_path"], "alias": alias}
+
+
+def program_target(c, project: str, row: dict[str, Any], alias: str | None = None) -> dict[str, Any] | None:
+    """A DSPy program as a run samples it: its state by hash, and the model of the serving tier it runs on (the
+    chat model it was optimized on, resolved now). None when that model is gone or is not a served one."""
+    sha = (row["lineage"] or {}).get("program_sha256")
+    runner = _servable(c, project, row["base_model"], programs=False)  # (a program on a program: none)
+    if not sha or runner is None:
+        return None
+    return {"id": row["id"], "alias": alias, "backend": "dspy-program", "base_model": runner["base_model"],
+            "artifact_path": runner["artifact_path"], "runner": runner["id"], "program_sha256": sha}
 
 
 def auto_run_id(eval_id: str, model: str, trigger_model: str) -> str:

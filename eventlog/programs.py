@@ -334,6 +334,9 @@ def _loaded(state: dict[str, Any]):
         return program
 
 
+_PARTIAL_MARKER = re.compile(r"\[\[[^\]]*$")  # "[[ ## compl" at the very end: a marker the length cap cut off
+
+
 class AnswerFilter:
     """The answer field of a streamed DSPy completion: a leading `[[ ## answer ## ]]` header is dropped, and
     the stream ends at the next marker (`[[ ## completed ## ]]`), closing the generation there. A completion
@@ -379,7 +382,8 @@ class AnswerFilter:
                 ended = True
                 break
         if ended or final:
-            return "".join(parts + ([] if ended else [body[pos:]])).strip(), True
+            rest = [] if ended else [_PARTIAL_MARKER.sub("", body[pos:])]  # cut at max_tokens inside a marker
+            return "".join(parts + rest).strip(), True
         tail = body[pos:]
         # hold back what may be the start of a marker, and trailing blanks (the final answer has none)
         cut = tail.rfind("[[")

@@ -108,6 +108,7 @@ class Grading:
         self.created = state.created
         self.graded: dict[int, dict[str, Any]] = dict(state.graded)
         self._embed_lock = threading.Lock()
+        self._programs: dict[str, dict[str, Any]] = {}
         self.stopping = threading.Event()  # set when this attempt stops: samples waiting on the serving tier give up
 
     # ---- the parts -----------------------------------------------------------------------------------------
@@ -134,6 +135,13 @@ class Grading:
         model = self.created["models"][name]
         chat = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
                 for m in messages]
+        program = self._program(model) if model["backend"] == "dspy-program" else None
+        if program is not None:  # the program's own prompt for the question (as chat answers with it)
+            from eventlog.programs import render
+
+            question = next((m["content"] for m in reversed(chat) if m["role"] == "user"), "")
+            own = "\n".join(m["content"] for m in chat if m["role"] == "system" and m["content"])
+            chat = render(program, question, [], own)
         delay = 0.5
         while True:
             gen = Generation()
@@ -148,7 +156,12 @@ class Grading:
                     seed=sampling.get("seed"), result=gen, time_limit=300.0, queue_timeout=120.0,
                     user=self.created["project"])
                 try:
-                    text = "".join(pieces)
+                    if program is not None:  # the answer field of DSPy's format; generation stops at its end
+                        from eventlog.programs import AnswerFilter
+
+                        text = "".join(AnswerFilter(pieces, pieces.close, result=gen))
+                    else:
+                        text = "".join(pieces)
                 finally:
                     pieces.close()
                 if gen.finish_reason == "error":
@@ -165,6 +178,19 @@ class Grading:
                 log.info("run %s: serving busy or down (%s); retrying in %.1f s", self.run_id, e, delay)
                 self.stopping.wait(delay)
                 delay = min(delay * 2, 10.0)
+
+    def _program(self, model: dict[str, Any]) -> dict[str, Any]:
+        """A DSPy program's checked state, by the hash the run recorded (read once per attempt)."""
+        from eventlog.programs import check_state
+
+        sha = model["program_sha256"]
+        if sha not in self._programs:
+            with self.svc.pool.connection() as c:
+                row = c.execute("SELECT content FROM blobs WHERE sha256 = %s", (sha,)).fetchone()
+            if row is None:
+                raise ValueError(f"the program of {model['id']} is missing from the store")
+            self._programs[sha] = check_state(bytes(row["content"]))
+        return self._programs[sha]
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
         from eventlog.embeddings import embedder

@@ -408,3 +408,26 @@ def test_a_killed_run_in_a_dead_queue_is_failed_after_max_attempts_not_left_runn
         psutil.Process(pid).send_signal(signal.SIGKILL)  # only the work horse: the worker takes the next job
     run = wait_run(c, ev.id, run.id, timeout=120)
     assert run.status == "failed" and run.error.code == "attempts_exhausted"
+
+
+def test_a_dspy_program_is_sampled_with_its_own_prompt_through_the_model_it_runs_on(stack):
+    from tests.helpers import program_state
+
+    c, key = client(stack)
+    program = stack.http("POST", "/api/programs", key["key"], json={"model": BASE, "program": program_state(
+        demos=[{"question": "What is 1 + 1?", "answer": "2"}], instructions="Answer with one number.")}).json()["id"]
+    ev = c.evals.create(data_source_config={"type": "custom", "item_schema": QA_SCHEMA}, testing_criteria=[
+        {"type": "string_check", "name": "x", "input": "{{sample.output_text}}", "reference": "{{item.answer}}",
+         "operation": "ilike"}])
+    content = [{"item": {"question": "What is 2 + 2?", "answer": "4"}}, {"item": {"question": "What is 3 + 3?",
+                                                                                  "answer": "6"}}]
+    ds = {**_completions(program, content), "sampling_params": {"temperature": 0, "max_completion_tokens": 32}}
+    run = wait_run(c, ev.id, c.evals.runs.create(ev.id, data_source=ds).id)  # (DSPy's field header takes tokens)
+    assert run.status == "completed" and run.model == program and run.result_counts.errored == 0
+    out = items(c, ev.id, run.id)
+    assert all(o.sample.output[0].content.strip() for o in out)
+    assert all("[[ ##" not in o.sample.output[0].content for o in out)  # the answer field only
+    events = stack.sql("SELECT data FROM events WHERE stream_id = %s AND type = 'EvalRunCreated'",
+                       (f"evalrun-{run.id}",))
+    target = events[0]["data"]["models"][program]
+    assert target["backend"] == "dspy-program" and target["runner"] == BASE and target["program_sha256"]
