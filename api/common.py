@@ -137,6 +137,14 @@ def owned(table: str, row_id: str, what: str, param: str) -> dict[str, Any]:
     return row
 
 
+def list_page(rows: list[dict[str, Any]], limit: int, shape: Callable[[dict[str, Any]], dict[str, Any]]):
+    """OpenAI's list envelope for `limit + 1` rows read: the first `limit`, shaped, with has_more and the ids of
+    the first and last (the cursors of the next page)."""
+    data = [shape(r) for r in rows[:limit]]
+    return jsonify({"object": "list", "data": data, "has_more": len(rows) > limit,
+                    "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
+
+
 def page_limit(default: int = 20, maximum: int = 100) -> int:
     raw = request.args.get("limit")
     if raw is None:

@@ -11,7 +11,7 @@ from typing import Any
 from flask import Blueprint, g, jsonify, request
 
 from api.auth import require
-from api.common import Idempotent, append_and_respond, json_body, metadata, now, page_limit, svc
+from api.common import Idempotent, append_and_respond, json_body, list_page, metadata, now, page_limit, svc
 from api.openai_compat import query_arg
 from api.registry import resolve, settings_for
 from domain.datasets import eval_lines
@@ -72,12 +72,6 @@ def item_object(row: dict[str, Any]) -> dict[str, Any]:
             "created_at": row["created_at"], "status": row["status"],
             "datasource_item_id": row["datasource_item_id"], "datasource_item": row["datasource_item"],
             "results": row["results"], "sample": row["sample"]}
-
-
-def _page(rows: list[dict[str, Any]], limit: int, shape) -> Any:
-    data = [shape(r) for r in rows[:limit]]
-    return jsonify({"object": "list", "data": data, "has_more": len(rows) > limit,
-                    "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
 
 
 def _order() -> str:
@@ -162,23 +156,27 @@ def create_eval():
         eval_stream(eval_id), 0, [NewEvent(ev.type, ev.to_data(), metadata(eval_id))], command=cmd))
 
 
+def _by_seq(table: str, where: str, params: list[Any], limit: int) -> list[dict[str, Any]]:
+    """`limit + 1` rows of `table` matching `where`, in log order (`?order=asc|desc`), after the cursor `?after=`
+    (an id of the caller's project: another project's id is no cursor here)."""
+    order = _order()
+    sql = f"SELECT * FROM {table} WHERE {where}"
+    after = query_arg("after")
+    if after:
+        sql += f" AND seq {'>' if order == 'asc' else '<'} (SELECT seq FROM {table} WHERE id = %s AND project = %s)"
+        params = [*params, after, g.principal.project]
+    sql += f" ORDER BY seq {order.upper()} LIMIT %s"
+    with svc().pool.connection() as c:
+        return c.execute(sql, [*params, limit + 1]).fetchall()
+
+
 @bp.get("/evals")
 def list_evals():
     limit = page_limit(default=20, maximum=100)
-    order = _order()
     if request.args.get("order_by", "created_at") not in ("created_at", "updated_at"):
         raise ValidationError("order_by must be 'created_at' or 'updated_at'", param="order_by")
-    sql = "SELECT * FROM evals WHERE project = %s AND deleted_at IS NULL"
-    params: list[Any] = [g.principal.project]
-    after = query_arg("after")
-    if after:
-        sql += f" AND seq {'>' if order == 'asc' else '<'} (SELECT seq FROM evals WHERE id = %s AND project = %s)"
-        params += [after, g.principal.project]
-    sql += f" ORDER BY seq {order.upper()} LIMIT %s"
-    params.append(limit + 1)
-    with svc().pool.connection() as c:
-        rows = c.execute(sql, params).fetchall()
-    return _page(rows, limit, eval_object)
+    rows = _by_seq("evals", "project = %s AND deleted_at IS NULL", [g.principal.project], limit)
+    return list_page(rows, limit, eval_object)
 
 
 @bp.get("/evals/<eval_id>")
@@ -378,29 +376,18 @@ def create_run(eval_id: str):
 
 @bp.get("/evals/<eval_id>/runs")
 def list_runs(eval_id: str):
-    _eval_row(eval_id)
+    names = [c["name"] for c in _eval_row(eval_id)["testing_criteria"]]
     limit = page_limit(default=20, maximum=100)
-    order = _order()
-    sql = "SELECT * FROM eval_runs WHERE eval_id = %s AND project = %s"
-    params: list[Any] = [eval_id, g.principal.project]
+    where, params = "eval_id = %s AND project = %s", [eval_id, g.principal.project]
     status = request.args.get("status")
     if status is not None:
         if status not in ("queued", "in_progress", "completed", "canceled", "failed"):
             raise ValidationError("status must be one of queued, in_progress, completed, canceled, failed",
                                   param="status")
-        sql += " AND status = %s"
+        where += " AND status = %s"
         params.append(status)
-    after = query_arg("after")
-    if after:
-        sql += f" AND seq {'>' if order == 'asc' else '<'} (SELECT seq FROM eval_runs WHERE id = %s AND project = %s)"
-        params += [after, g.principal.project]
-    sql += f" ORDER BY seq {order.upper()} LIMIT %s"
-    params.append(limit + 1)
-    with svc().pool.connection() as c:
-        rows = c.execute(sql, params).fetchall()
-        names = [x["name"] for x in c.execute("SELECT testing_criteria FROM evals WHERE id = %s",
-                                              (eval_id,)).fetchone()["testing_criteria"]]
-    return _page(rows, limit, lambda r: run_object({**r, "criteria_names": names}))
+    rows = _by_seq("eval_runs", where, params, limit)
+    return list_page(rows, limit, lambda r: run_object({**r, "criteria_names": names}))
 
 
 @bp.get("/evals/<eval_id>/runs/<run_id>")
@@ -472,7 +459,7 @@ def list_items(eval_id: str, run_id: str):
     params.append(limit + 1)
     with svc().pool.connection() as c:
         rows = c.execute(sql, params).fetchall()
-    return _page(rows, limit, item_object)
+    return list_page(rows, limit, item_object)
 
 
 @bp.get("/evals/<eval_id>/runs/<run_id>/output_items/<item_id>")

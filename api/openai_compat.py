@@ -16,7 +16,7 @@ from typing import Any
 from flask import Blueprint, g, jsonify, request, send_file
 
 from api.auth import require
-from api.common import Idempotent, append_and_respond, json_body, metadata, now, owned, page_limit, svc
+from api.common import Idempotent, append_and_respond, json_body, list_page, metadata, now, owned, page_limit, svc
 from domain.configs import EXTENSION_KEYS, Hyperparameters, parse_method
 from domain.datasets import check_jsonl
 from domain.errors import NotFound, PayloadTooLarge, ServiceUnavailable, ValidationError
@@ -156,9 +156,7 @@ def list_files():
     params.append(limit + 1)
     with svc().pool.connection() as c:
         rows = c.execute(sql, params).fetchall()
-    data = [file_object(r) for r in rows[:limit]]
-    return jsonify({"object": "list", "data": data, "has_more": len(rows) > limit,
-                    "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
+    return list_page(rows, limit, file_object)
 
 
 @bp.get("/files/<file_id>")
@@ -819,11 +817,10 @@ def job_checkpoints(job_id: str):
     params.append(limit + 1)
     with svc().pool.connection() as c:
         rows = c.execute(sql, params).fetchall()
-    data = [{"object": "fine_tuning.job.checkpoint", "id": r["id"], "created_at": r["created_at"],
-             "fine_tuned_model_checkpoint": r["fine_tuned_model_checkpoint"], "fine_tuning_job_id": r["job_id"],
-             "metrics": r["metrics"], "step_number": r["step"]} for r in rows[:limit]]
-    return jsonify({"object": "list", "data": data, "has_more": len(rows) > limit,
-                    "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
+    return list_page(rows, limit, lambda r: {
+        "object": "fine_tuning.job.checkpoint", "id": r["id"], "created_at": r["created_at"],
+        "fine_tuned_model_checkpoint": r["fine_tuned_model_checkpoint"], "fine_tuning_job_id": r["job_id"],
+        "metrics": r["metrics"], "step_number": r["step"]})
 
 
 # ---- models --------------------------------------------------------------------------------------------

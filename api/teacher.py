@@ -11,7 +11,7 @@ from typing import Any
 from flask import Blueprint, g, jsonify, request
 
 from api.auth import require
-from api.common import Idempotent, append_and_respond, json_body, metadata, now, owned, page_limit, svc
+from api.common import Idempotent, append_and_respond, json_body, list_page, metadata, now, owned, page_limit, svc
 from api.openai_compat import query_arg, storable, valid_id
 from domain.errors import NotFound, ValidationError
 from domain.events import FeedbackRejected, chat_stream
@@ -80,9 +80,7 @@ def list_feedback():
     params.append(limit + 1)
     with svc().pool.connection() as c:
         rows = c.execute(sql, params).fetchall()
-    data = [feedback_object(r) for r in rows[:limit]]
-    return jsonify({"object": "list", "data": data, "has_more": len(rows) > limit,
-                    "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
+    return list_page(rows, limit, feedback_object)
 
 
 def _files_holding(project: str, feedback_id: str) -> list[str]:
