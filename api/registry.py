@@ -12,12 +12,13 @@ from api.common import Idempotent, append_and_respond, json_body, metadata, now,
 from domain.errors import ConcurrencyConflict, Conflict, NotFound, PreconditionFailed, ValidationError
 from domain.events import AliasPromoted, ProjectSettingsChanged, alias_stream, project_stream
 from domain.projects import DEFAULT_ALIAS, ProjectSettings, check_eval_gate, check_promotion, fold_settings
+from eventlog import evals as evals_reads  # the settings and alias reads the eval gate's worker shares
 from eventlog.catalog import BASE_MODELS
 from eventlog.store import NewEvent
 
 bp = Blueprint("registry", __name__, url_prefix="/api")
 ALIAS_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-DEFAULT_BASE = "smollm2-135m-instruct"
+DEFAULT_BASE = evals_reads.DEFAULT_BASE  # what the default alias names before any promotion
 
 
 @dataclass(frozen=True)
@@ -31,17 +32,12 @@ class ResolvedModel:
 
 
 def settings_for(project: str) -> ProjectSettings:
-    with svc().pool.connection() as c:
-        row = c.execute("SELECT settings FROM project_settings WHERE project = %s", (project,)).fetchone()
-    return ProjectSettings.from_dict(row["settings"] if row else None)
+    return evals_reads.latest_settings(svc(), project)
 
 
 def alias_target(project: str, alias: str) -> str | None:
     with svc().pool.connection() as c:
-        row = c.execute("SELECT model FROM aliases WHERE project = %s AND alias = %s", (project, alias)).fetchone()
-    if row:
-        return row["model"]
-    return DEFAULT_BASE if alias == DEFAULT_ALIAS else None
+        return evals_reads.alias_target(c, project, alias)
 
 
 def _checkpoint(c, project: str, name: str) -> dict[str, Any] | None:

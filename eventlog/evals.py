@@ -6,10 +6,11 @@ from typing import Any
 
 from domain.projects import DEFAULT_ALIAS, ProjectSettings
 
-DEFAULT_BASE = "smollm2-135m-instruct"  # what the default alias names before any promotion (api/registry.py)
+DEFAULT_BASE = "smollm2-135m-instruct"  # what the default alias names before any promotion
 
 
 def latest_settings(svc, project: str) -> ProjectSettings:
+    """A project's settings as projected (the defaults until it changes them); the API reads them the same way."""
     with svc.pool.connection() as c:
         row = c.execute("SELECT settings FROM project_settings WHERE project = %s", (project,)).fetchone()
     return ProjectSettings.from_dict(row["settings"] if row else None)
